@@ -1,0 +1,10 @@
+"""numbaconv: convolutional-network kernels in Python, JIT-compiled with Numba for CPU and CUDA."""
+
+__version__ = "0.1.0"
+
+from numbaconv import functional
+from numbaconv.device import (cuda_available, get_device, info, set_device, to_device, to_numpy,
+                              use_device)
+
+__all__ = ["__version__", "cuda_available", "functional", "get_device", "info", "set_device",
+           "to_device", "to_numpy", "use_device"]

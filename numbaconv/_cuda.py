@@ -1,0 +1,134 @@
+"""The one module that imports ``numba.cuda``.
+
+Everything CUDA-related in numbaconv goes through here, so the CUDA backend can move to another
+package (for example numba-cuda-mlir) by changing this file alone. ``numba.cuda`` is imported
+lazily: importing numbaconv never touches the CUDA driver.
+
+Kernels in ``numbaconv/cuda/`` are declared with :func:`kernel`, which also records them in
+:data:`KERNELS` so that the test suite can compile every kernel to PTX without a GPU.
+"""
+
+import os
+
+import numpy as np
+
+_state = {}  # "module", "error": cached results of the first import attempt
+KERNELS = []  # (qualified name, python function, [signature strings]) for every declared kernel
+
+
+def simulator_enabled():
+    """True when ``NUMBA_ENABLE_CUDASIM=1`` runs CUDA kernels in numba's Python simulator."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def _import():
+    if "module" not in _state and "error" not in _state:
+        try:
+            from numba import cuda  # the one numba.cuda import
+
+            _state["module"] = cuda
+        except Exception as exc:  # ImportError, or a broken CUDA toolkit install
+            _state["error"] = f"numba.cuda cannot be imported ({type(exc).__name__}: {exc}); " \
+                "install the extra: pip install 'numbaconv[cuda12]' or 'numbaconv[cuda13]'"
+    return _state.get("module")
+
+
+def cuda():
+    """Return the ``numba.cuda`` module, raising ``RuntimeError`` with the reason if it is missing."""
+    mod = _import()
+    if mod is None:
+        raise RuntimeError(_state["error"])
+    return mod
+
+
+def unavailable_reason():
+    """Why the CUDA backend cannot run here, or ``None`` when it can (GPU or simulator)."""
+    if "reason" not in _state:
+        mod = _import()
+        if mod is None:
+            reason = _state["error"]
+        elif simulator_enabled():
+            reason = None
+        else:
+            try:
+                ok = mod.is_available()
+            except Exception as exc:  # driver present but broken
+                ok, why = False, f"{type(exc).__name__}: {exc}"
+            else:
+                why = "numba.cuda.is_available() is False (no NVIDIA driver or no GPU found)"
+            reason = None if ok else (
+                f"no usable CUDA device: {why}; set NUMBA_ENABLE_CUDASIM=1 to use the simulator")
+        _state["reason"] = reason
+    return _state["reason"]
+
+
+def available():
+    """True when CUDA kernels can run: a usable GPU, or the simulator."""
+    return unavailable_reason() is None
+
+
+def is_device_array(x):
+    """True for arrays that live on the GPU (anything with ``__cuda_array_interface__``)."""
+    if isinstance(x, np.ndarray):
+        return False
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    # The simulator's arrays are host memory dressed as device arrays, without the interface.
+    return simulator_enabled() and type(x).__name__ == "FakeCUDAArray"
+
+
+def as_device_array(x):
+    """A numba device-array view of a device array (CuPy, PyTorch, numba), without copying."""
+    if type(x).__name__ in ("DeviceNDArray", "FakeCUDAArray"):
+        return x
+    return cuda().as_cuda_array(x)
+
+
+def to_device(a):
+    """Copy a host array to a new device array."""
+    return cuda().to_device(np.ascontiguousarray(a))
+
+
+def to_host(d):
+    """Copy a device array to a new NumPy array."""
+    return as_device_array(d).copy_to_host()
+
+
+def empty(shape, dtype):
+    """Allocate an uninitialised C-contiguous device array."""
+    return cuda().device_array(shape, dtype=dtype)
+
+
+def synchronize():
+    cuda().synchronize()
+
+
+def device_name():
+    """The GPU's name, or a word about the simulator."""
+    if simulator_enabled():
+        return "CUDA simulator"
+    name = cuda().get_current_device().name
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def kernel(*signatures):
+    """Declare a CUDA kernel: ``@kernel("void({T}[::1], {T}[::1])")``.
+
+    ``{T}`` in a signature is expanded to float32 and float64. The kernel is compiled lazily for
+    the argument types it is called with (and cached on disk); the expanded signatures are only
+    used by the PTX test, which compiles every registered kernel for sm_80 and sm_90.
+    """
+
+    def wrap(func):
+        sigs = []
+        for sig in signatures:
+            sigs += [sig.format(T=t) for t in ("float32", "float64")] if "{T}" in sig else [sig]
+        KERNELS.append((f"{func.__module__}.{func.__name__}", func, sigs))
+        return cuda().jit(cache=not simulator_enabled())(func)
+
+    return wrap
+
+
+def device_function(func):
+    """Compile a plain Python function (e.g. from ``numbaconv._ops``) as a CUDA device function."""
+    return cuda().jit(device=True)(func)

@@ -1,0 +1,1 @@
+def conv2d(*a): raise NotImplementedError

@@ -1,0 +1,1 @@
+def batch_norm(*a): raise NotImplementedError

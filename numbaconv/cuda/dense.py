@@ -1,0 +1,2 @@
+def linear(*a): raise NotImplementedError
+def softmax(*a): raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Public ops (being written)."""
