@@ -1,1 +1,751 @@
-"""Public ops (being written)."""
+"""Public ops with ``torch.nn.functional`` semantics, on NumPy or CUDA arrays.
+
+Each op checks and normalises its arguments, works out the output shape, allocates the output on
+the device where the data lives and calls that backend's launcher (``numbaconv.cpu`` or
+``numbaconv.cuda``), which fills it. Layout is NCHW; inputs are float32 or float64 and the output
+has the input's dtype. NumPy in gives NumPy out; a device array in gives the same kind of device
+array out. Inputs are never modified.
+"""
+
+import numbers
+
+import numpy as np
+
+from numbaconv import _cuda, _ops
+from numbaconv import device as _device
+
+__all__ = [
+    "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm", "conv1d", "conv2d",
+    "cross_entropy", "gelu", "hardswish", "leaky_relu", "linear", "log_softmax", "max_pool2d",
+    "mse_loss", "relu", "relu6", "sigmoid", "silu", "softmax", "tanh",
+]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_CONV_ACTIVATIONS = ("relu", "relu6", "leaky_relu", "sigmoid", "tanh", "silu", "gelu", "hardswish")
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatch: where the arrays live, conversion in and out
+# --------------------------------------------------------------------------------------------
+
+def _backend(device):
+    if device == "cpu":
+        from numbaconv import cpu
+
+        return cpu
+    from numbaconv import cuda
+
+    return cuda
+
+
+class _Call:
+    """The arrays of one op call, placed on one device.
+
+    ``arrays`` maps argument names to arrays or ``None``. Device arrays (anything with
+    ``__cuda_array_interface__``) are viewed as numba device arrays without copying; host arrays
+    stay NumPy until :meth:`ready` moves them. Mixing host and device arrays is a ``ValueError``
+    that names the arguments.
+    """
+
+    def __init__(self, op, **arrays):
+        self.op = op
+        self.arrays = {}
+        on_device, on_host = [], []
+        for name, a in arrays.items():
+            if a is None:
+                self.arrays[name] = None
+            elif isinstance(a, np.ndarray):
+                self.arrays[name] = a
+                on_host.append(name)
+            elif _cuda.is_device_array(a):
+                self.arrays[name] = _cuda.as_device_array(a)
+                on_device.append(name)
+            else:
+                raise TypeError(f"{op}(): argument '{name}' must be a numpy.ndarray or a CUDA "
+                                f"device array, not {type(a).__name__}")
+        if on_device and on_host:
+            raise ValueError(
+                f"{op}(): argument '{on_host[0]}' is a host (NumPy) array but '{on_device[0]}' "
+                f"is on the CUDA device; move it first, e.g. nc.to_device({on_host[0]}, 'cuda')")
+        self.device = "cuda" if on_device else _device.get_device()
+        first = next(iter(arrays))
+        self.template = arrays[first]  # the kind of array the caller gets back
+        self.host_in = not on_device
+
+    def __getitem__(self, name):
+        return self.arrays[name]
+
+    def float_dtype(self, name):
+        """The dtype of float argument ``name``; TypeError unless float32/float64."""
+        dt = self.arrays[name].dtype
+        if dt not in _FLOAT_DTYPES:
+            raise TypeError(f"{self.op}(): argument '{name}' has dtype {dt}; expected float32 or "
+                            "float64")
+        return dt
+
+    def same_dtype(self, dtype, *names):
+        for name in names:
+            a = self.arrays[name]
+            if a is not None and a.dtype != dtype:
+                raise TypeError(f"{self.op}(): argument '{name}' has dtype {a.dtype} but the input "
+                                f"is {dtype}; both must have the same dtype")
+
+    def ready(self, name):
+        """Argument ``name`` as a C-contiguous array on the call's device (copied only if needed)."""
+        a = self.arrays[name]
+        if a is None:
+            return None
+        if self.device == "cpu":
+            # A copy for non-contiguous and negative-stride views: kernels assume C order, and
+            # the caller's array is never written.
+            return np.ascontiguousarray(a)
+        if isinstance(a, np.ndarray):
+            return _cuda.to_device(a)
+        if not a.is_c_contiguous():
+            raise ValueError(f"{self.op}(): device argument '{name}' is not C-contiguous; pass a "
+                             "contiguous copy (e.g. cupy.ascontiguousarray or tensor.contiguous())")
+        return a
+
+    def empty(self, shape, dtype):
+        """Allocate an output on the call's device."""
+        if self.device == "cpu":
+            return np.empty(shape, dtype)
+        return _cuda.empty(shape, dtype)
+
+    def full(self, shape, dtype, value):
+        if self.device == "cpu":
+            return np.full(shape, value, dtype)
+        return _cuda.to_device(np.full(shape, value, dtype))
+
+    def finish(self, out):
+        """Return ``out`` as the kind of array the caller passed in."""
+        if self.device == "cpu":
+            return out
+        if self.host_in:
+            return _cuda.to_host(out)
+        return _device.like(out, self.template)
+
+
+def _view(a, shape):
+    """Reshape a C-contiguous NumPy or numba device array without copying."""
+    return a.reshape(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument helpers (shared by every op)
+# --------------------------------------------------------------------------------------------
+
+def _int_tuple(value, n, op, name, minimum):
+    """``value`` as a tuple of ``n`` ints, each >= ``minimum``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        vals = (int(value),) * n
+    elif isinstance(value, (tuple, list)) and len(value) == n and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+        vals = tuple(int(v) for v in value)
+    else:
+        raise TypeError(f"{op}(): {name} must be an int or a tuple of {n} ints, got {value!r}")
+    if any(v < minimum for v in vals):
+        what = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{op}(): {name} must be {what}, got {value!r}")
+    return vals
+
+
+def _rank(call, name, ranks):
+    a = call[name]
+    if a.ndim not in ranks:
+        want = " or ".join(f"{r}-D" for r in ranks)
+        raise ValueError(f"{call.op}(): expected {want} '{name}', got {a.ndim}-D with shape "
+                         f"{tuple(a.shape)}")
+
+
+def _reduction(op, reduction):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}(): reduction={reduction!r} is not valid; use one of "
+                         f"{', '.join(map(repr, _REDUCTIONS))}")
+
+
+def _dim(op, dim, ndim):
+    if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):
+        raise TypeError(f"{op}(): dim must be an int, got {dim!r}")
+    n = max(ndim, 1)
+    if not -n <= dim < n:
+        raise IndexError(f"{op}(): dim {dim} is out of range for a {ndim}-D input "
+                         f"(expected in [{-n}, {n - 1}])")
+    return dim % n
+
+
+def _activation(op, activation):
+    """(code, alpha) for conv2d's fused ``activation=``: a name, or ('leaky_relu', slope)."""
+    if activation is None:
+        return _ops.ACT_NONE, 0.0
+    alpha = 0.01
+    name = activation
+    if isinstance(activation, tuple) and len(activation) == 2 and activation[0] == "leaky_relu":
+        name, alpha = activation
+    if not isinstance(name, str) or name not in _CONV_ACTIVATIONS:
+        raise ValueError(f"{op}(): unknown activation {activation!r}; use None, one of "
+                         f"{', '.join(map(repr, _CONV_ACTIVATIONS))}, or ('leaky_relu', slope)")
+    return _ops.ACTIVATIONS[name], float(alpha)
+
+
+# --------------------------------------------------------------------------------------------
+# Convolution
+# --------------------------------------------------------------------------------------------
+
+def _conv(op, nd, input, weight, bias, stride, padding, dilation, groups, activation):
+    """Shared body of conv1d (nd=1, run as a conv2d with height 1) and conv2d (nd=2)."""
+    call = _Call(op, input=input, weight=weight, bias=bias)
+    act, alpha = _activation(op, activation)
+    _rank(call, "input", (nd + 1, nd + 2))
+    _rank(call, "weight", (nd + 2,))
+    dtype = call.float_dtype("input")
+    call.same_dtype(dtype, "weight", "bias")
+    if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{op}(): groups must be a positive int, got {groups!r}")
+    stride = _int_tuple(stride, nd, op, "stride", 1)
+    dilation = _int_tuple(dilation, nd, op, "dilation", 1)
+
+    xs = tuple(call["input"].shape)
+    batched = len(xs) == nd + 2
+    if not batched:
+        xs = (1,) + xs
+    ws = tuple(call["weight"].shape)
+    n, c, spatial = xs[0], xs[1], xs[2:]
+    oc, cpg, ksize = ws[0], ws[1], ws[2:]
+    if oc % groups:
+        raise ValueError(f"{op}(): out_channels ({oc}, weight.shape[0]) must be divisible by "
+                         f"groups={groups}")
+    if cpg * groups != c:
+        raise ValueError(f"{op}(): input has {c} channels but weight of shape {ws} with "
+                         f"groups={groups} expects {cpg * groups} (= weight.shape[1] * groups)")
+    if call["bias"] is not None and tuple(call["bias"].shape) != (oc,):
+        raise ValueError(f"{op}(): bias must have shape ({oc},) to match weight's out_channels, "
+                         f"got {tuple(call['bias'].shape)}")
+
+    # Padding as (before, after) per spatial dim; 'same' may be asymmetric, like torch's.
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = [(0, 0)] * nd
+        elif padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError(f"{op}(): padding='same' is not supported for strided "
+                                 "convolutions (stride must be 1)")
+            pads = []
+            for k, d in zip(ksize, dilation):
+                total = d * (k - 1)
+                pads.append((total // 2, total - total // 2))
+        else:
+            raise ValueError(f"{op}(): padding={padding!r} is not valid; use 'same', 'valid', an "
+                             f"int or a tuple of {nd} ints")
+    else:
+        pads = [(p, p) for p in _int_tuple(padding, nd, op, "padding", 0)]
+
+    out_spatial = []
+    for size, k, s, d, (pb, pa) in zip(spatial, ksize, stride, dilation, pads):
+        extent = d * (k - 1) + 1
+        if size + pb + pa < extent:
+            raise ValueError(
+                f"{op}(): padded input size per channel {tuple(sp + a + b for sp, (a, b) in zip(spatial, pads))} "
+                f"is smaller than the dilated kernel size "
+                f"{tuple(dd * (kk - 1) + 1 for kk, dd in zip(ksize, dilation))}")
+        out_spatial.append((size + pb + pa - extent) // s + 1)
+
+    if nd == 1:  # run conv1d as conv2d over a height-1 image
+        stride, dilation = (1,) + stride, (1,) + dilation
+        pads = [(0, 0)] + pads
+        ksize, spatial, out_spatial = (1,) + ksize, (1,) + spatial, [1] + out_spatial
+
+    out = call.empty((n, oc) + tuple(out_spatial), dtype)
+    if out.size:
+        x = _view(call.ready("input"), (n, c) + tuple(spatial))
+        w = _view(call.ready("weight"), (oc, cpg) + tuple(ksize))
+        _backend(call.device).conv2d(out, x, w, call.ready("bias"), stride,
+                                     (pads[0][0], pads[1][0]), dilation, groups, act, alpha)
+    out_shape = (n, oc) + tuple(out_spatial[-nd:])
+    if not batched:
+        out_shape = out_shape[1:]
+    return call.finish(_view(out, out_shape))
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           activation=None):
+    """2-D convolution over an NCHW input, as ``torch.nn.functional.conv2d``.
+
+    Parameters
+    ----------
+    input : array (N, C, H, W) or (C, H, W), float32 or float64
+    weight : array (OC, C // groups, KH, KW), same dtype
+    bias : array (OC,) or None
+    stride, dilation : int or (int, int), positive
+    padding : int, (int, int), 'same' or 'valid'
+        'same' pads like PyTorch (the extra row/column of an even kernel goes after).
+    groups : int
+        ``C`` and ``OC`` must both be divisible by it; ``groups == C`` is depthwise.
+    activation : None, str or ('leaky_relu', slope), keyword-only
+        Applied after the bias inside the kernel: one of 'relu', 'relu6', 'leaky_relu',
+        'sigmoid', 'tanh', 'silu', 'gelu', 'hardswish'.
+
+    Returns
+    -------
+    array (N, OC, OH, OW), with ``OH = (H + pad_top + pad_bottom - dilation*(KH-1) - 1) // stride + 1``.
+
+    Examples
+    --------
+    >>> x = np.random.rand(1, 3, 32, 32).astype(np.float32)
+    >>> w = np.random.rand(8, 3, 3, 3).astype(np.float32)
+    >>> F.conv2d(x, w, padding=1, activation="relu").shape
+    (1, 8, 32, 32)
+    """
+    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups, activation)
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """1-D convolution over an NCL input, as ``torch.nn.functional.conv1d``.
+
+    Parameters
+    ----------
+    input : array (N, C, L) or (C, L), float32 or float64
+    weight : array (OC, C // groups, K)
+    bias : array (OC,) or None
+    stride, padding, dilation, groups
+        As in :func:`conv2d`, with ints or 1-tuples (padding also 'same' or 'valid').
+
+    Returns
+    -------
+    array (N, OC, OL)
+    """
+    return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------------------------
+
+def _pool_out(op, size, k, s, p, d, ceil_mode):
+    """PyTorch's pooling output length (pooling_output_shape)."""
+    extent = d * (k - 1) + 1
+    numer = size + 2 * p - extent + ((s - 1) if ceil_mode else 0)
+    out = numer // s + 1
+    # With ceil_mode the last window must start inside the input or its left padding.
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _pool_setup(op, input, kernel_size, stride, padding, dilation, ceil_mode):
+    call = _Call(op, input=input)
+    _rank(call, "input", (3, 4))
+    dtype = call.float_dtype("input")
+    k = _int_tuple(kernel_size, 2, op, "kernel_size", 1)
+    s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else \
+        _int_tuple(stride, 2, op, "stride", 1)
+    p = _int_tuple(padding, 2, op, "padding", 0)
+    d = _int_tuple(dilation, 2, op, "dilation", 1)
+    for kk, pp in zip(k, p):
+        if pp > kk // 2:
+            raise ValueError(f"{op}(): padding should be at most half of the kernel size, got "
+                             f"padding={p} for kernel_size={k}")
+    shape = tuple(call["input"].shape)
+    if any(v == 0 for v in shape[-3:]):
+        raise ValueError(f"{op}(): expected non-empty spatial and channel dims, got input of "
+                         f"shape {shape}")
+    out_hw = tuple(_pool_out(op, size, kk, ss, pp, dd, ceil_mode)
+                   for size, kk, ss, pp, dd in zip(shape[-2:], k, s, p, d))
+    if min(out_hw) < 1:
+        raise ValueError(f"{op}(): input of spatial size {shape[-2:]} gives output size "
+                         f"{out_hw}, which is too small (kernel_size={k}, stride={s}, "
+                         f"padding={p}, dilation={d})")
+    return call, dtype, k, s, p, d, shape, out_hw
+
+
+def _run_pool(call, dtype, shape, out_hw, launch):
+    """Allocate the pooled output, run ``launch(out4, x4)`` on 4-D views, restore the rank."""
+    n, c = (1,) + shape[:1] if len(shape) == 3 else shape[:2]
+    out = call.empty((n, c) + out_hw, dtype)
+    if out.size:
+        launch(out, _view(call.ready("input"), (n, c) + shape[-2:]))
+    return call.finish(_view(out, shape[:-2] + out_hw))
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """2-D max pooling, as ``torch.nn.functional.max_pool2d``.
+
+    Parameters
+    ----------
+    input : array (N, C, H, W) or (C, H, W)
+    kernel_size : int or (int, int)
+    stride : int, (int, int) or None (= kernel_size)
+    padding : int or (int, int), at most half the kernel size; pads with -inf
+    dilation : int or (int, int)
+    ceil_mode : bool
+        Round the output size up instead of down.
+
+    Returns
+    -------
+    array (N, C, OH, OW). NaN in a window gives NaN.
+    """
+    call, dtype, k, s, p, d, shape, out_hw = _pool_setup(
+        "max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
+    be = _backend(call.device)
+    return _run_pool(call, dtype, shape, out_hw,
+                     lambda out, x: be.max_pool2d(out, x, k, s, p, d))
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True):
+    """2-D average pooling, as ``torch.nn.functional.avg_pool2d``.
+
+    Parameters
+    ----------
+    input : array (N, C, H, W) or (C, H, W)
+    kernel_size : int or (int, int)
+    stride : int, (int, int) or None (= kernel_size)
+    padding : int or (int, int), at most half the kernel size; pads with zeros
+    ceil_mode : bool
+    count_include_pad : bool
+        Whether zero padding counts in the divisor.
+
+    Returns
+    -------
+    array (N, C, OH, OW)
+    """
+    call, dtype, k, s, p, _, shape, out_hw = _pool_setup(
+        "avg_pool2d", input, kernel_size, stride, padding, 1, ceil_mode)
+    be = _backend(call.device)
+    return _run_pool(call, dtype, shape, out_hw,
+                     lambda out, x: be.avg_pool2d(out, x, k, s, p, bool(count_include_pad)))
+
+
+def _adaptive(op, input, output_size, launcher):
+    call = _Call(op, input=input)
+    _rank(call, "input", (3, 4))
+    dtype = call.float_dtype("input")
+    shape = tuple(call["input"].shape)
+    if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
+        output_size = (output_size, output_size)
+    if not (isinstance(output_size, (tuple, list)) and len(output_size) == 2 and all(
+            v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+            for v in output_size)):
+        raise TypeError(f"{op}(): output_size must be an int or a tuple of 2 ints (or None), "
+                        f"got {output_size!r}")
+    out_hw = tuple(shape[-2 + i] if v is None else int(v) for i, v in enumerate(output_size))
+    if min(out_hw) < 1:
+        raise ValueError(f"{op}(): output_size must be positive, got {output_size!r}")
+    if min(shape[-2:]) < 1 or (len(shape) == 4 and shape[1] < 1):
+        raise ValueError(f"{op}(): expected non-empty spatial and channel dims, got input of "
+                         f"shape {shape}")
+    be = _backend(call.device)
+    return _run_pool(call, dtype, shape, out_hw, lambda out, x: getattr(be, launcher)(out, x))
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """Adaptive 2-D average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    Output cell ``i`` averages rows ``floor(i*H/OH)`` to ``ceil((i+1)*H/OH)`` (and likewise for
+    columns). ``output_size`` is an int or a pair whose entries may be None (keep that size).
+    """
+    return _adaptive("adaptive_avg_pool2d", input, output_size, "adaptive_avg_pool2d")
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False):
+    """Adaptive 2-D max pooling, as ``torch.nn.functional.adaptive_max_pool2d``.
+
+    ``return_indices=True`` is not supported yet and raises ``NotImplementedError``.
+    """
+    if return_indices:
+        raise NotImplementedError("adaptive_max_pool2d(): return_indices=True is not supported")
+    return _adaptive("adaptive_max_pool2d", input, output_size, "adaptive_max_pool2d")
+
+
+# --------------------------------------------------------------------------------------------
+# Activations
+# --------------------------------------------------------------------------------------------
+
+def _elementwise(op, input, act, alpha=0.0):
+    call = _Call(op, input=input)
+    dtype = call.float_dtype("input")
+    shape = tuple(call["input"].shape)
+    size = int(np.prod(shape))
+    out = call.empty(shape, dtype)
+    if size:
+        _backend(call.device).activation(_view(out, (size,)),
+                                         _view(call.ready("input"), (size,)), act, float(alpha))
+    return call.finish(out)
+
+
+def relu(input):
+    """``max(x, 0)`` elementwise; NaN stays NaN."""
+    return _elementwise("relu", input, _ops.ACT_RELU)
+
+
+def relu6(input):
+    """``min(max(x, 0), 6)`` elementwise."""
+    return _elementwise("relu6", input, _ops.ACT_RELU6)
+
+
+def leaky_relu(input, negative_slope=0.01):
+    """``x if x >= 0 else negative_slope * x`` elementwise."""
+    if not isinstance(negative_slope, numbers.Real):
+        raise TypeError(f"leaky_relu(): negative_slope must be a number, got {negative_slope!r}")
+    return _elementwise("leaky_relu", input, _ops.ACT_LEAKY_RELU, negative_slope)
+
+
+def sigmoid(input):
+    """``1 / (1 + exp(-x))`` elementwise, without overflow for large ``|x|``."""
+    return _elementwise("sigmoid", input, _ops.ACT_SIGMOID)
+
+
+def tanh(input):
+    """Hyperbolic tangent elementwise."""
+    return _elementwise("tanh", input, _ops.ACT_TANH)
+
+
+def silu(input):
+    """``x * sigmoid(x)`` elementwise."""
+    return _elementwise("silu", input, _ops.ACT_SILU)
+
+
+def gelu(input, approximate="none"):
+    """Gaussian error linear unit; ``approximate='tanh'`` uses the tanh formula, as in PyTorch."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu(): approximate={approximate!r} is not valid; use 'none' or 'tanh'")
+    return _elementwise("gelu", input, _ops.ACT_GELU if approximate == "none" else
+                        _ops.ACT_GELU_TANH)
+
+
+def hardswish(input):
+    """``x * relu6(x + 3) / 6`` elementwise."""
+    return _elementwise("hardswish", input, _ops.ACT_HARDSWISH)
+
+
+# --------------------------------------------------------------------------------------------
+# Dense
+# --------------------------------------------------------------------------------------------
+
+def linear(input, weight, bias=None):
+    """``input @ weight.T + bias``, as ``torch.nn.functional.linear``.
+
+    Parameters
+    ----------
+    input : array (..., K), any number of leading dims (also 1-D)
+    weight : array (M, K) or (K,)
+    bias : array (M,) or None (a 0-d bias with a 1-D weight)
+
+    Returns
+    -------
+    array (..., M), or (...) for a 1-D weight.
+    """
+    call = _Call("linear", input=input, weight=weight, bias=bias)
+    _rank(call, "input", tuple(range(1, 33)))
+    _rank(call, "weight", (1, 2))
+    dtype = call.float_dtype("input")
+    call.same_dtype(dtype, "weight", "bias")
+    xs, ws = tuple(call["input"].shape), tuple(call["weight"].shape)
+    vector_weight = len(ws) == 1
+    m, k = (1, ws[0]) if vector_weight else ws
+    if xs[-1] != k:
+        raise ValueError(f"linear(): input's last dim is {xs[-1]} but weight of shape {ws} "
+                         f"expects {k} in_features")
+    if call["bias"] is not None:
+        bshape = tuple(call["bias"].shape)
+        if bshape not in ((m,), () if vector_weight else (m,)):
+            raise ValueError(f"linear(): bias of shape {bshape} does not match weight of shape "
+                             f"{ws}; expected ({m},)")
+    rows = int(np.prod(xs[:-1]))
+    out = call.empty((rows, m), dtype)
+    if out.size:
+        b = call.ready("bias")
+        _backend(call.device).linear(out, _view(call.ready("input"), (rows, k)),
+                                     _view(call.ready("weight"), (m, k)),
+                                     None if b is None else _view(b, (m,)))
+    return call.finish(_view(out, xs[:-1] + (() if vector_weight else (m,))))
+
+
+def _softmax(op, input, dim, log):
+    call = _Call(op, input=input)
+    dtype = call.float_dtype("input")
+    shape = tuple(call["input"].shape)
+    dim = _dim(op, dim, len(shape))
+    full = shape if shape else (1,)
+    outer = int(np.prod(full[:dim]))
+    inner = int(np.prod(full[dim + 1:]))
+    out = call.empty(shape, dtype)
+    if out.size:
+        d3 = (outer, full[dim], inner)
+        _backend(call.device).softmax(_view(out, d3), _view(call.ready("input"), d3), log)
+    return call.finish(out)
+
+
+def softmax(input, dim):
+    """Softmax along ``dim`` (any dim, negative allowed), stable for inputs up to ±1e30."""
+    return _softmax("softmax", input, dim, False)
+
+
+def log_softmax(input, dim):
+    """``log(softmax(input, dim))`` computed without forming the softmax, stable at ±1e30."""
+    return _softmax("log_softmax", input, dim, True)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """Batch normalisation with running statistics, as ``torch.nn.functional.batch_norm``.
+
+    ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` per channel (dim 1).
+
+    Parameters
+    ----------
+    input : array (N, C, ...) with at least 2 dims
+    running_mean, running_var : arrays (C,)
+    weight, bias : arrays (C,) or None (ones / zeros)
+    training : bool
+        Training mode (batch statistics, running-stat updates) arrives with the backward kernels;
+        ``True`` raises ``NotImplementedError`` for now.
+    momentum : float
+        Only used in training mode.
+    eps : float
+        Added to the variance for stability.
+    """
+    if training:
+        raise NotImplementedError("batch_norm(training=True) is not implemented yet; use "
+                                  "training=False (inference with running statistics)")
+    call = _Call("batch_norm", input=input, running_mean=running_mean, running_var=running_var,
+                 weight=weight, bias=bias)
+    if call["running_mean"] is None or call["running_var"] is None:
+        raise ValueError("batch_norm(): running_mean and running_var are required when "
+                         "training=False")
+    _rank(call, "input", tuple(range(2, 33)))
+    dtype = call.float_dtype("input")
+    names = ("running_mean", "running_var", "weight", "bias")
+    call.same_dtype(dtype, *names)
+    shape = tuple(call["input"].shape)
+    c = shape[1]
+    for name in names:
+        a = call[name]
+        if a is not None and tuple(a.shape) != (c,):
+            raise ValueError(f"batch_norm(): {name} must have shape ({c},) to match the input's "
+                             f"{c} channels, got {tuple(a.shape)}")
+    if not isinstance(eps, numbers.Real) or eps < 0:
+        raise ValueError(f"batch_norm(): eps must be a non-negative number, got {eps!r}")
+    out = call.empty(shape, dtype)
+    if out.size:
+        s = int(np.prod(shape[2:]))
+        weight = call.ready("weight") if call["weight"] is not None else call.full(c, dtype, 1)
+        bias = call.ready("bias") if call["bias"] is not None else call.full(c, dtype, 0)
+        _backend(call.device).batch_norm(
+            _view(out, (shape[0], c, s)), _view(call.ready("input"), (shape[0], c, s)),
+            call.ready("running_mean"), call.ready("running_var"), weight, bias, float(eps))
+    return call.finish(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------
+
+def _reduce(call, per_item, dtype, reduction, count):
+    """Apply ``reduction`` to the per-item losses; 'mean' divides by ``count``."""
+    if reduction == "none":
+        return call.finish(per_item)
+    out = call.empty((1,), dtype)
+    size = int(np.prod(per_item.shape))
+    if reduction == "mean" and count == 0:
+        scale = float("nan")  # mean of nothing, as torch
+    else:
+        scale = 1.0 / count if reduction == "mean" else 1.0
+    if size:
+        _backend(call.device).reduce_sum(out, _view(per_item, (size,)), scale)
+    elif call.device == "cpu":
+        out[0] = 0.0 * scale
+    else:
+        out = _cuda.to_device(np.array([0.0 * scale], dtype))
+    return call.finish(_view(out, ()))
+
+
+def cross_entropy(input, target, reduction="mean"):
+    """Cross-entropy between logits and targets, as ``torch.nn.functional.cross_entropy``.
+
+    Parameters
+    ----------
+    input : array (N, C), (N, C, d1, ...) or (C,) of logits
+    target : int array (N,), (N, d1, ...) or () of class indices in [0, C), or a float array of
+        the input's shape holding class probabilities
+    reduction : 'mean' | 'sum' | 'none'
+
+    Returns
+    -------
+    0-d array for 'mean' and 'sum' (input dtype); (N, d1, ...) for 'none'.
+
+    Notes
+    -----
+    ``weight``, ``ignore_index`` and ``label_smoothing`` are not supported: every class index
+    must lie in [0, C), so torch's ignore value -100 raises a ValueError here.
+    """
+    _reduction("cross_entropy", reduction)
+    call = _Call("cross_entropy", input=input, target=target)
+    _rank(call, "input", tuple(range(1, 33)))
+    dtype = call.float_dtype("input")
+    xs = tuple(call["input"].shape)
+    ts = tuple(call["target"].shape)
+    batched = len(xs) > 1
+    n, c, rest = (xs[0], xs[1], xs[2:]) if batched else (1, xs[0], ())
+    s = int(np.prod(rest))
+    tdtype = call["target"].dtype
+    prob = np.issubdtype(tdtype, np.floating)
+    if prob:
+        call.same_dtype(dtype, "target")
+        if ts != xs:
+            raise ValueError(f"cross_entropy(): probability target must have the input's shape "
+                             f"{xs}, got {ts}")
+    else:
+        if not np.issubdtype(tdtype, np.integer):
+            raise TypeError(f"cross_entropy(): target must hold integer class indices or float "
+                            f"probabilities, got dtype {tdtype}")
+        want = (xs[:1] + xs[2:]) if batched else ()
+        if ts != want:
+            raise ValueError(f"cross_entropy(): class-index target must have shape {want} for "
+                             f"input of shape {xs}, got {ts}")
+        host_t = _device.to_numpy(call["target"])
+        if host_t.size and (host_t.min() < 0 or host_t.max() >= c):
+            bad = host_t[(host_t < 0) | (host_t >= c)].flat[0]
+            raise ValueError(f"cross_entropy(): target {int(bad)} is out of bounds; class "
+                             f"indices must lie in [0, {c})")
+    per_item = call.empty((n, s), dtype)
+    if per_item.size:
+        x = _view(call.ready("input"), (n, c, s))
+        be = _backend(call.device)
+        if prob:
+            be.cross_entropy_prob(per_item, x, _view(call.ready("target"), (n, c, s)))
+        else:
+            t = _cuda.to_device(host_t.astype(np.int64)) if call.device == "cuda" else \
+                np.ascontiguousarray(host_t, dtype=np.int64)
+            be.cross_entropy(per_item, x, _view(t, (n, s)))
+    if reduction == "none":
+        return call.finish(_view(per_item, (xs[:1] + xs[2:]) if batched else ()))
+    return _reduce(call, per_item, dtype, reduction, n * s)
+
+
+def mse_loss(input, target, reduction="mean"):
+    """Mean squared error, as ``torch.nn.functional.mse_loss``.
+
+    ``input`` and ``target`` must have the same shape (no broadcasting) and dtype.
+    Returns a 0-d array for 'mean' and 'sum', and the elementwise squared errors for 'none'.
+    """
+    _reduction("mse_loss", reduction)
+    call = _Call("mse_loss", input=input, target=target)
+    dtype = call.float_dtype("input")
+    call.same_dtype(dtype, "target")
+    shape = tuple(call["input"].shape)
+    if tuple(call["target"].shape) != shape:
+        raise ValueError(f"mse_loss(): target shape {tuple(call['target'].shape)} differs from "
+                         f"input shape {shape}; they must be equal (no broadcasting)")
+    size = int(np.prod(shape))
+    per_item = call.empty(shape, dtype)
+    if size:
+        _backend(call.device).squared_error(_view(per_item, (size,)),
+                                            _view(call.ready("input"), (size,)),
+                                            _view(call.ready("target"), (size,)))
+    return _reduce(call, per_item, dtype, reduction, size)
