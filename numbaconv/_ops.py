@@ -74,7 +74,7 @@ def apply_act(v, act, alpha):
         return 0.5 * v * (1.0 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
     if act == ACT_HARDSWISH:
         if v <= -3:
-            return 0.0
+            return v * 0.0  # -0.0, and NaN for -inf, as torch's x * relu6(x + 3) / 6
         if v >= 3:
             return v
         return v * (v + 3.0) / 6.0

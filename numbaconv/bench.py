@@ -94,6 +94,9 @@ def _timeit(fn, sync, budget=0.5, min_runs=3, max_runs=50):
 
 
 def _torch():
+    # torch's OpenMP workers spin after each call and steal the cores numba's threads need;
+    # a passive wait policy (set before torch loads) keeps the side-by-side timing fair.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import torch
     except ImportError:

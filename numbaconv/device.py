@@ -167,6 +167,7 @@ def cache_dir():
 def info():
     """Print versions, devices, threads, SIMD width and the kernel cache folder."""
     import llvmlite
+    import llvmlite.binding as llvm
     import numba
 
     import numbaconv
@@ -190,6 +191,6 @@ def info():
     reason = _cuda.unavailable_reason()
     lines.append(f"cuda      {'available: ' + _cuda.device_name() if reason is None else reason}")
     lines.append(f"threads   {numba.get_num_threads()} (NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS})")
-    lines.append(f"simd      {simd_width()} float32 lanes ({'llvm ' + __import__('llvmlite.binding', fromlist=['x']).get_host_cpu_name()})")
+    lines.append(f"simd      {simd_width()} float32 lanes (host CPU: {llvm.get_host_cpu_name()})")
     lines.append(f"cache     {cache_dir()}")
     print("\n".join(lines))
