@@ -132,3 +132,29 @@ def kernel(*signatures):
 def device_function(func):
     """Compile a plain Python function (e.g. from ``numbaconv._ops``) as a CUDA device function."""
     return cuda().jit(device=True)(func)
+
+
+def compile_ptx(func, signature, cc):
+    """Compile kernel ``func`` (a Python function) to PTX for compute capability ``cc``.
+
+    Works without a GPU. numba-cuda 0.30 asks the current GPU for its compute capability when it
+    compiles a device function that a kernel calls (``apply_act``), which fails where there is
+    no driver; for the length of this call it is answered with the target ``cc`` instead.
+    """
+    import contextlib
+    import types
+
+    import numba.cuda.dispatcher as dispatcher  # numba-cuda internals: kept in this one module
+
+    @contextlib.contextmanager
+    def target_device():
+        original = dispatcher.get_current_device
+        dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
+        try:
+            yield
+        finally:
+            dispatcher.get_current_device = original
+
+    with target_device():
+        ptx, _ = cuda().compile_ptx(func, signature, cc=cc)
+    return ptx

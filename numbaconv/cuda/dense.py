@@ -1,2 +1,197 @@
-def linear(*a): raise NotImplementedError
-def softmax(*a): raise NotImplementedError
+"""Dense kernels on the GPU: linear (x @ w.T + b) as a shared-memory tiled GEMM, and softmax /
+log_softmax over one axis."""
+
+import math
+
+import numpy as np
+
+from numbaconv import _cuda
+from numbaconv.cuda._common import THREADS, blocks, flat, nan_max
+
+cuda = _cuda.cuda()
+
+# linear tile: a block computes TM rows x TN columns of out, staging TK of K at a time. Its 256
+# threads form a 16 x 16 grid; thread (ty, tx) owns outputs (ty + 16 r, tx + 16 c), r, c < 4, so
+# shared reads are broadcasts or consecutive words and stores to a row of out coalesce.
+TM = 64
+TN = 64
+TK = 16
+GEMM_THREADS = 256
+
+
+@_cuda.kernel("void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1], {T}[::1], boolean)")
+def _linear(out, x, w, b, has_bias):
+    """out (M, N) = x (M, K) @ w (N, K).T + b (N,), b read only when ``has_bias``;
+    grid (column tiles, row tiles), 256 threads."""
+    m_, k_ = x.shape
+    n_ = w.shape[0]
+    m0 = cuda.blockIdx.y * TM
+    n0 = cuda.blockIdx.x * TN
+    tid = cuda.threadIdx.x
+    tx = tid % 16
+    ty = tid // 16
+
+    a_s = cuda.shared.array((TK, TM), dtype=x.dtype)
+    b_s = cuda.shared.array((TK, TN), dtype=x.dtype)
+    acc = cuda.local.array(16, dtype=x.dtype)
+    zero = x.dtype.type(0)
+    for e in range(16):
+        acc[e] = zero
+
+    # Loads: thread reads column lk of K for rows lr + 16 q; consecutive threads read
+    # consecutive k of one row (coalesced).
+    lk = tid % TK
+    lr = tid // TK
+    for k0 in range(0, k_, TK):
+        k = k0 + lk
+        k_ok = k < k_
+        for q in range(TM // 16):
+            rr = lr + 16 * q
+            v = zero
+            if k_ok and m0 + rr < m_:
+                v = x[m0 + rr, k]
+            a_s[lk, rr] = v
+            v = zero
+            if k_ok and n0 + rr < n_:
+                v = w[n0 + rr, k]
+            b_s[lk, rr] = v
+        cuda.syncthreads()
+        for kk in range(TK):
+            a0 = a_s[kk, ty]
+            a1 = a_s[kk, ty + 16]
+            a2 = a_s[kk, ty + 32]
+            a3 = a_s[kk, ty + 48]
+            for c in range(4):
+                bv = b_s[kk, tx + 16 * c]
+                acc[c] += a0 * bv
+                acc[4 + c] += a1 * bv
+                acc[8 + c] += a2 * bv
+                acc[12 + c] += a3 * bv
+        cuda.syncthreads()
+
+    for r in range(4):
+        m = m0 + ty + 16 * r
+        if m >= m_:
+            continue
+        for c in range(4):
+            n = n0 + tx + 16 * c
+            if n < n_:
+                v = acc[4 * r + c]
+                if has_bias:
+                    v += b[n]
+                out[m, n] = v
+
+
+def linear(out, x, w, b):
+    """``out = x @ w.T + b``.
+
+    Parameters
+    ----------
+    out : (M, N) device array, filled in place.
+    x : (M, K) device array.
+    w : (N, K) device array.
+    b : (N,) device array or None.
+    """
+    m, n = out.shape
+    if out.size == 0:  # a zero grid dimension is a launch error
+        return
+    has_bias = b is not None
+    # Without a bias the weights, viewed flat, stand in for it (never read): no allocation.
+    bias = b if has_bias else flat(w)
+    grid = ((n + TN - 1) // TN, (m + TM - 1) // TM)
+    _linear[grid, GEMM_THREADS](out, x, w, bias, has_bias)
+
+
+# Softmax over contiguous rows (inner == 1): one block per row reduces with ROW_THREADS threads.
+ROW_THREADS = 128
+ROW_MIN_D = 32  # shorter rows, and strided axes, use one thread per row instead
+
+
+@_cuda.kernel("void({T}[:, :, ::1], {T}[:, :, ::1], boolean)")
+def _softmax_block(out, x, log):
+    """Softmax over axis 1 of (outer, D, inner) arrays, one block of ROW_THREADS per
+    (outer, inner) row: block-wide max, then a float64 sum of exp(x - max)."""
+    outer, d_, inner = x.shape
+    r = cuda.blockIdx.x
+    o = r // inner
+    i = r - o * inner
+    tid = cuda.threadIdx.x
+    red_max = cuda.shared.array(ROW_THREADS, dtype=x.dtype)
+    red_sum = cuda.shared.array(ROW_THREADS, dtype=np.float64)
+    m = x.dtype.type(-math.inf)
+    for d in range(tid, d_, ROW_THREADS):
+        m = nan_max(m, x[o, d, i])
+    red_max[tid] = m
+    cuda.syncthreads()
+    step = ROW_THREADS // 2
+    while step > 0:
+        if tid < step:
+            red_max[tid] = nan_max(red_max[tid], red_max[tid + step])
+        cuda.syncthreads()
+        step //= 2
+    m = red_max[0]
+    s = 0.0
+    for d in range(tid, d_, ROW_THREADS):
+        s += math.exp(x[o, d, i] - m)
+    red_sum[tid] = s
+    cuda.syncthreads()
+    step = ROW_THREADS // 2
+    while step > 0:
+        if tid < step:
+            red_sum[tid] += red_sum[tid + step]
+        cuda.syncthreads()
+        step //= 2
+    total = red_sum[0]
+    if log:
+        ls = math.log(total)
+        for d in range(tid, d_, ROW_THREADS):
+            out[o, d, i] = (x[o, d, i] - m) - ls
+    else:
+        for d in range(tid, d_, ROW_THREADS):
+            out[o, d, i] = math.exp(x[o, d, i] - m) / total
+
+
+@_cuda.kernel("void({T}[:, :, ::1], {T}[:, :, ::1], boolean)")
+def _softmax_thread(out, x, log):
+    """Softmax over axis 1 of (outer, D, inner) arrays, one thread per (outer, inner) row;
+    neighbouring threads read neighbouring inner positions (coalesced when inner is large)."""
+    outer, d_, inner = x.shape
+    r = cuda.grid(1)
+    if r >= outer * inner:
+        return
+    o = r // inner
+    i = r - o * inner
+    m = x.dtype.type(-math.inf)
+    for d in range(d_):
+        m = nan_max(m, x[o, d, i])
+    s = 0.0
+    for d in range(d_):
+        s += math.exp(x[o, d, i] - m)
+    if log:
+        ls = math.log(s)
+        for d in range(d_):
+            out[o, d, i] = (x[o, d, i] - m) - ls
+    else:
+        for d in range(d_):
+            out[o, d, i] = math.exp(x[o, d, i] - m) / s
+
+
+def softmax(out, x, log):
+    """Softmax (or log_softmax when ``log``) over axis 1, stable for any finite input.
+
+    ``softmax = exp(x - max) / sum(exp(x - max))``, ``log_softmax = x - max - log(sum(...))``;
+    the sum is accumulated in float64.
+
+    Parameters
+    ----------
+    out : (outer, D, inner) device array, filled in place.
+    x : (outer, D, inner) device array.
+    log : bool, compute log_softmax.
+    """
+    outer, d, inner = x.shape
+    if out.size == 0:
+        return
+    if inner == 1 and d >= ROW_MIN_D:
+        _softmax_block[outer, ROW_THREADS](out, x, bool(log))
+    else:
+        _softmax_thread[blocks(outer * inner), THREADS](out, x, bool(log))
