@@ -27,12 +27,19 @@ loss:       cross_entropy(out, x, target)        x (N, C, S), target int64 (N, S
                                                  accumulated in float64
 """
 
-from numbaconv.cpu.activation import activation
-from numbaconv.cpu.conv import conv2d
-from numbaconv.cpu.dense import linear, softmax
-from numbaconv.cpu.loss import cross_entropy, cross_entropy_prob, reduce_sum, squared_error
-from numbaconv.cpu.norm import batch_norm
-from numbaconv.cpu.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
+import os as _os
+
+from numbaconv import _jitcache
+
+# Before any kernel module is imported: cached kernels compiled from older sources are dropped.
+_jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)), [_jitcache.OPS_SOURCE])
+
+from numbaconv.cpu.activation import activation  # noqa: E402
+from numbaconv.cpu.conv import conv2d  # noqa: E402
+from numbaconv.cpu.dense import linear, softmax  # noqa: E402
+from numbaconv.cpu.loss import cross_entropy, cross_entropy_prob, reduce_sum, squared_error  # noqa: E402
+from numbaconv.cpu.norm import batch_norm  # noqa: E402
+from numbaconv.cpu.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d  # noqa: E402
 
 __all__ = [
     "activation", "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm",

@@ -29,12 +29,19 @@ loss:       cross_entropy(out, x, target)        x (N, C, S), target int64 (N, S
                                                  accumulated in float64
 """
 
-from numbaconv.cuda.activation import activation
-from numbaconv.cuda.conv import conv2d
-from numbaconv.cuda.dense import linear, softmax
-from numbaconv.cuda.loss import cross_entropy, cross_entropy_prob, reduce_sum, squared_error
-from numbaconv.cuda.norm import batch_norm
-from numbaconv.cuda.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
+import os as _os
+
+from numbaconv import _jitcache
+
+# Before any kernel module is imported: cached kernels compiled from older sources are dropped.
+_jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)), [_jitcache.OPS_SOURCE])
+
+from numbaconv.cuda.activation import activation  # noqa: E402
+from numbaconv.cuda.conv import conv2d  # noqa: E402
+from numbaconv.cuda.dense import linear, softmax  # noqa: E402
+from numbaconv.cuda.loss import cross_entropy, cross_entropy_prob, reduce_sum, squared_error  # noqa: E402
+from numbaconv.cuda.norm import batch_norm  # noqa: E402
+from numbaconv.cuda.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d  # noqa: E402
 
 __all__ = [
     "activation", "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm",
