@@ -42,18 +42,18 @@ def _backend(device):
 class _Call:
     """The arrays of one op call, placed on one device.
 
-    ``arrays`` maps argument names to arrays or ``None``. Device arrays (anything with
+    ``arrays`` maps argument names to arrays; those named in ``optional`` may be ``None``. Device arrays (anything with
     ``__cuda_array_interface__``) are viewed as numba device arrays without copying; host arrays
     stay NumPy until :meth:`ready` moves them. Mixing host and device arrays is a ``ValueError``
     that names the arguments.
     """
 
-    def __init__(self, op, **arrays):
+    def __init__(self, op, optional=(), **arrays):
         self.op = op
         self.arrays = {}
         on_device, on_host = [], []
         for name, a in arrays.items():
-            if a is None:
+            if a is None and name in optional:
                 self.arrays[name] = None
             elif isinstance(a, np.ndarray):
                 self.arrays[name] = a
@@ -195,7 +195,7 @@ def _activation(op, activation):
 
 def _conv(op, nd, input, weight, bias, stride, padding, dilation, groups, activation):
     """Shared body of conv1d (nd=1, run as a conv2d with height 1) and conv2d (nd=2)."""
-    call = _Call(op, input=input, weight=weight, bias=bias)
+    call = _Call(op, ("bias",), input=input, weight=weight, bias=bias)
     act, alpha = _activation(op, activation)
     _rank(call, "input", (nd + 1, nd + 2))
     _rank(call, "weight", (nd + 2,))
@@ -536,7 +536,7 @@ def linear(input, weight, bias=None):
     -------
     array (..., M), or (...) for a 1-D weight.
     """
-    call = _Call("linear", input=input, weight=weight, bias=bias)
+    call = _Call("linear", ("bias",), input=input, weight=weight, bias=bias)
     _rank(call, "input", tuple(range(1, 33)))
     _rank(call, "weight", (1, 2))
     dtype = call.float_dtype("input")
@@ -613,11 +613,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if training:
         raise NotImplementedError("batch_norm(training=True) is not implemented yet; use "
                                   "training=False (inference with running statistics)")
-    call = _Call("batch_norm", input=input, running_mean=running_mean, running_var=running_var,
-                 weight=weight, bias=bias)
-    if call["running_mean"] is None or call["running_var"] is None:
-        raise ValueError("batch_norm(): running_mean and running_var are required when "
-                         "training=False")
+    call = _Call("batch_norm", ("weight", "bias"), input=input, running_mean=running_mean,
+                 running_var=running_var, weight=weight, bias=bias)
     _rank(call, "input", tuple(range(2, 33)))
     dtype = call.float_dtype("input")
     names = ("running_mean", "running_var", "weight", "bias")
