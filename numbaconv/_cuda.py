@@ -24,6 +24,7 @@ def simulator_enabled():
 def _import():
     if "module" not in _state and "error" not in _state:
         try:
+            import numba_cuda  # noqa: F401  numba's own deprecated CUDA target cannot build ours
             from numba import cuda  # the one numba.cuda import
 
             _state["module"] = cuda

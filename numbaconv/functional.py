@@ -530,7 +530,7 @@ def linear(input, weight, bias=None):
     ----------
     input : array (..., K), any number of leading dims (also 1-D)
     weight : array (M, K) or (K,)
-    bias : array (M,) or None (a 0-d bias with a 1-D weight)
+    bias : array (M,) or None; only with a 2-D weight, as in torch
 
     Returns
     -------
@@ -548,10 +548,12 @@ def linear(input, weight, bias=None):
         raise ValueError(f"linear(): input's last dim is {xs[-1]} but weight of shape {ws} "
                          f"expects {k} in_features")
     if call["bias"] is not None:
-        bshape = tuple(call["bias"].shape)
-        if bshape not in ((m,), () if vector_weight else (m,)):
-            raise ValueError(f"linear(): bias of shape {bshape} does not match weight of shape "
-                             f"{ws}; expected ({m},)")
+        if vector_weight:
+            raise ValueError("linear(): a bias needs a 2-D weight (out_features, in_features); "
+                             f"got a 1-D weight of shape {ws}")
+        if tuple(call["bias"].shape) != (m,):
+            raise ValueError(f"linear(): bias of shape {tuple(call['bias'].shape)} does not match "
+                             f"weight of shape {ws}; expected ({m},)")
     rows = int(np.prod(xs[:-1]))
     out = call.empty((rows, m), dtype)
     if out.size:

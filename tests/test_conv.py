@@ -1,0 +1,201 @@
+"""conv2d and conv1d against the float64 reference, on every device and dtype."""
+
+import numpy as np
+import pytest
+
+import numbaconv as nc
+import reference as R
+from conftest import check_op, rand
+
+F = nc.functional
+
+ACTIVATIONS = ["relu", "relu6", "leaky_relu", "sigmoid", "tanh", "silu", "gelu", "hardswish"]
+
+# (id, input shape, weight shape, kwargs). Outputs stay at a few hundred elements so that the
+# CUDA simulator can run them all; shapes are deliberately not multiples of any tile size.
+CONV2D_CASES = [
+    ("basic", (2, 3, 6, 7), (4, 3, 3, 3), dict(padding=1)),
+    ("no_padding", (1, 3, 7, 6), (5, 3, 3, 3), {}),
+    ("stride2", (1, 3, 9, 9), (5, 3, 3, 3), dict(stride=2, padding=1)),
+    ("stride_tuple", (1, 2, 7, 10), (3, 2, 3, 2), dict(stride=(2, 3), padding=(1, 0))),
+    ("padding_tuple", (1, 2, 5, 6), (3, 2, 3, 3), dict(padding=(2, 1))),
+    ("same", (1, 3, 6, 7), (4, 3, 3, 3), dict(padding="same")),
+    ("same_even_kernel", (1, 2, 6, 5), (3, 2, 4, 2), dict(padding="same")),
+    ("same_dilated", (1, 2, 7, 6), (3, 2, 3, 2), dict(padding="same", dilation=(2, 3))),
+    ("valid", (1, 3, 6, 7), (4, 3, 3, 3), dict(padding="valid")),
+    ("dilation", (1, 2, 9, 8), (3, 2, 3, 3), dict(dilation=2, padding=2)),
+    ("dilation_tuple_stride", (1, 2, 10, 9), (3, 2, 3, 2), dict(dilation=(2, 1), stride=(1, 2))),
+    ("groups2", (1, 4, 6, 6), (6, 2, 3, 3), dict(groups=2, padding=1)),
+    ("groups3_odd", (1, 9, 5, 4), (3, 3, 3, 3), dict(groups=3, padding=1)),
+    ("depthwise", (2, 5, 5, 6), (5, 1, 3, 3), dict(groups=5, padding=1)),
+    ("depthwise_multiplier", (1, 3, 6, 5), (6, 1, 3, 3), dict(groups=3, padding=1, stride=2)),
+    ("depthwise_5x5", (1, 4, 7, 7), (4, 1, 5, 5), dict(groups=4, padding=2, stride=2)),
+    ("pointwise", (2, 7, 5, 3), (9, 7, 1, 1), {}),
+    ("image_1x1", (3, 4, 1, 1), (5, 4, 1, 1), {}),
+    ("image_1x1_padded", (1, 2, 1, 1), (3, 2, 3, 3), dict(padding=1)),
+    ("kernel_larger_than_input", (1, 2, 2, 3), (3, 2, 4, 4), dict(padding=1)),
+    ("odd_kernel_5x3", (1, 3, 5, 7), (7, 3, 5, 3), dict(padding=(2, 1))),
+    ("rect_input", (1, 1, 2, 11), (2, 1, 1, 3), {}),
+    ("wide_oc", (1, 3, 5, 5), (17, 3, 3, 3), dict(padding=1)),  # >= 16 channels per group
+    ("wide_oc_groups", (1, 4, 4, 4), (32, 2, 3, 3), dict(padding=1, groups=2)),
+    ("wide_oc_strided", (1, 5, 6, 7), (20, 5, 2, 3), dict(stride=2, padding=1, dilation=(1, 2))),
+    ("unbatched", (3, 5, 6), (4, 3, 3, 3), dict(padding=1)),
+]
+
+# Larger cases (shapes around real layers, nothing a multiple of a tile): CPU and real GPUs only.
+CONV2D_BIG = [
+    ("big_3x3", (2, 37, 19, 23), (70, 37, 3, 3), dict(padding=1)),
+    ("big_stride2", (1, 29, 31, 17), (45, 29, 3, 3), dict(stride=2, padding=1)),
+    ("big_groups", (1, 32, 15, 15), (64, 8, 3, 3), dict(groups=4, stride=2, padding=1)),
+    ("big_depthwise", (2, 48, 17, 17), (48, 1, 5, 5), dict(groups=48, padding=2)),
+    ("big_depthwise_mult", (1, 24, 14, 13), (72, 1, 3, 3), dict(groups=24, padding=1)),
+    ("big_1x1", (4, 65, 9, 11), (33, 65, 1, 1), {}),
+    ("big_7x7", (1, 3, 40, 37), (19, 3, 7, 7), dict(stride=2, padding=3)),
+    ("big_dilated", (1, 16, 21, 21), (24, 16, 3, 3), dict(dilation=3, padding="same")),
+    ("big_batch", (9, 6, 10, 10), (10, 6, 3, 3), dict(padding=1)),
+]
+
+
+def conv_scale(x, w, b, kw):
+    """Sum of |products| per output: the unit a float sum's rounding error scales with."""
+    absb = None if b is None else np.abs(b)
+    kw = {k: v for k, v in kw.items() if k != "activation"}
+    return R.conv2d(np.abs(x), np.abs(w), absb, **kw)
+
+
+def run_conv2d(rng, device, dtype, xs, ws, kw, bias, x_scale=1.0):
+    x = rand(rng, xs, dtype) * dtype(x_scale)
+    w = rand(rng, ws, dtype)
+    b = rand(rng, (ws[0],), dtype) if bias else None
+    return check_op("conv2d", (x, w, b), kw, dtype, "conv", device,
+                    scale=conv_scale(x, w, b, kw))
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("xs, ws, kw", [c[1:] for c in CONV2D_CASES],
+                         ids=[c[0] for c in CONV2D_CASES])
+def test_conv2d(rng, device, dtype, xs, ws, kw, bias):
+    run_conv2d(rng, device, dtype, xs, ws, kw, bias)
+
+
+@pytest.mark.parametrize("xs, ws, kw", [c[1:] for c in CONV2D_BIG], ids=[c[0] for c in CONV2D_BIG])
+def test_conv2d_big(rng, device_big, dtype, xs, ws, kw):
+    device = device_big  # realistic shapes: CPU and real GPUs
+    run_conv2d(rng, device, dtype, xs, ws, kw, True)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("path", ["direct", "wide"])
+def test_conv2d_activation(rng, device, dtype, activation, path):
+    # Inputs scaled so the pre-activations cover the interesting ranges (< -3, > 6).
+    ws = (4, 3, 3, 3) if path == "direct" else (18, 3, 3, 3)
+    out = run_conv2d(rng, device, dtype, (1, 3, 4, 5), ws, dict(padding=1, activation=activation),
+                     bias=True, x_scale=4.0)
+    assert np.isfinite(out).all()
+
+
+def test_conv2d_activation_big(rng, device_big, dtype):
+    device = device_big  # realistic shapes: CPU and real GPUs
+    for activation in ACTIVATIONS:
+        run_conv2d(rng, device, dtype, (2, 19, 13, 11), (35, 19, 3, 3),
+                   dict(padding=1, stride=(1, 2), activation=activation), bias=True, x_scale=3.0)
+
+
+def test_conv2d_activation_none_matches_plain(rng, device, dtype):
+    x, w = rand(rng, (1, 2, 4, 4), dtype), rand(rng, (3, 2, 3, 3), dtype)
+    np.testing.assert_array_equal(F.conv2d(x, w, activation=None), F.conv2d(x, w))
+
+
+def test_conv2d_relu_clamps(rng, device, dtype):
+    # A fused relu must actually clamp: with an all-negative result every output is 0.
+    x = np.abs(rand(rng, (1, 2, 4, 4), dtype)) + dtype(0.1)
+    w = -np.abs(rand(rng, (3, 2, 3, 3), dtype)) - dtype(0.1)
+    out = F.conv2d(x, w, activation="relu")
+    assert out.shape == (1, 3, 2, 2) and np.all(out == 0)
+    assert np.all(F.conv2d(x, w) < 0)
+
+
+def test_conv2d_bias_zero_equals_none(rng, device, dtype):
+    x, w = rand(rng, (1, 3, 5, 4), dtype), rand(rng, (4, 3, 2, 2), dtype)
+    np.testing.assert_allclose(F.conv2d(x, w, np.zeros(4, dtype)), F.conv2d(x, w),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_conv2d_lists_for_tuples(rng, device, dtype):
+    x, w = rand(rng, (1, 2, 6, 7), dtype), rand(rng, (3, 2, 3, 2), dtype)
+    a = F.conv2d(x, w, stride=[2, 1], padding=[1, 0], dilation=[1, 2])
+    b = F.conv2d(x, w, stride=(2, 1), padding=(1, 0), dilation=(1, 2))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_conv2d_batch_consistency(rng, device, dtype):
+    # Each image of a batch gives the same result as on its own.
+    x, w, b = rand(rng, (3, 3, 5, 5), dtype), rand(rng, (4, 3, 3, 3), dtype), rand(rng, (4,), dtype)
+    full = F.conv2d(x, w, b, padding=1)
+    for i in range(3):
+        np.testing.assert_allclose(full[i:i + 1], F.conv2d(x[i:i + 1], w, b, padding=1),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("xs, ws, kw", [
+    ((1, 2, 2, 2), (3, 2, 3, 3), {}),                      # kernel larger than input, no padding
+    ((1, 2, 3, 3), (3, 2, 3, 3), dict(dilation=2)),          # dilated extent 5 > 3
+    ((1, 2, 1, 4), (3, 2, 2, 2), dict(padding=(0, 1))),      # height 1 < 2
+    ((1, 2, 5), (3, 2, 7, 7), {}),                           # unbatched
+])
+def test_conv2d_kernel_larger_than_padded_input(device, xs, ws, kw):
+    x, w = np.zeros(xs, np.float32), np.zeros(ws, np.float32)
+    with pytest.raises(ValueError):
+        F.conv2d(x, w, **kw)
+
+
+def test_conv2d_same_with_stride_raises(device):
+    with pytest.raises(ValueError):
+        F.conv2d(np.zeros((1, 2, 5, 5)), np.zeros((3, 2, 3, 3)), stride=2, padding="same")
+
+
+# ---------------------------------------------------------------------------------------------
+# conv1d
+# ---------------------------------------------------------------------------------------------
+
+CONV1D_CASES = [
+    ("basic", (2, 3, 11), (4, 3, 3), dict(padding=1)),
+    ("stride_dilation", (1, 4, 17), (6, 4, 3), dict(stride=2, padding=2, dilation=2)),
+    ("tuple_args", (1, 2, 13), (3, 2, 4), dict(stride=(3,), padding=(1,), dilation=(1,))),
+    ("groups", (1, 4, 12), (6, 2, 3), dict(groups=2)),
+    ("depthwise", (2, 5, 9), (5, 1, 5), dict(groups=5, padding="same")),
+    ("same_even", (1, 3, 9), (2, 3, 4), dict(padding="same")),
+    ("valid", (1, 3, 9), (2, 3, 4), dict(padding="valid")),
+    ("length_1", (3, 4, 1), (5, 4, 1), {}),
+    ("kernel_larger_than_input", (1, 2, 3), (2, 2, 5), dict(padding=1)),
+    ("wide_oc", (1, 3, 10), (20, 3, 3), dict(padding=1)),
+    ("unbatched", (3, 10), (2, 3, 5), {}),
+]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("xs, ws, kw", [c[1:] for c in CONV1D_CASES],
+                         ids=[c[0] for c in CONV1D_CASES])
+def test_conv1d(rng, device, dtype, xs, ws, kw, bias):
+    x, w = rand(rng, xs, dtype), rand(rng, ws, dtype)
+    b = rand(rng, (ws[0],), dtype) if bias else None
+    absb = None if b is None else np.abs(b)
+    check_op("conv1d", (x, w, b), kw, dtype, "conv", device,
+             scale=R.conv1d(np.abs(x), np.abs(w), absb, **kw))
+
+
+def test_conv1d_big(rng, device_big, dtype):
+    device = device_big  # realistic shapes: CPU and real GPUs
+    x, w, b = rand(rng, (3, 33, 301), dtype), rand(rng, (47, 33, 5), dtype), rand(rng, (47,), dtype)
+    check_op("conv1d", (x, w, b), dict(stride=2, padding=2), dtype, "conv", device,
+             scale=R.conv1d(np.abs(x), np.abs(w), np.abs(b), stride=2, padding=2))
+
+
+def test_conv1d_kernel_larger_than_padded_input(device):
+    with pytest.raises(ValueError):
+        F.conv1d(np.zeros((1, 2, 3)), np.zeros((3, 2, 6)), padding=1)
+
+
+def test_conv1d_has_no_activation_argument():
+    with pytest.raises(TypeError):
+        F.conv1d(np.zeros((1, 2, 5)), np.zeros((3, 2, 3)), activation="relu")

@@ -1,0 +1,153 @@
+"""max_pool2d, avg_pool2d and the adaptive poolings against the float64 reference."""
+
+import numpy as np
+import pytest
+
+import numbaconv as nc
+from conftest import check_op, rand
+
+F = nc.functional
+
+# (id, input shape, kwargs shared by max and avg pooling)
+POOL_CASES = [
+    ("k2", (2, 3, 6, 8), dict(kernel_size=2)),
+    ("k3_default_stride_odd", (1, 2, 7, 9), dict(kernel_size=3)),
+    ("k3_s2_p1", (1, 3, 9, 8), dict(kernel_size=3, stride=2, padding=1)),
+    ("k3_s2_p1_ceil", (1, 3, 9, 8), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+    ("k2_ceil_odd", (1, 2, 7, 5), dict(kernel_size=2, ceil_mode=True)),
+    ("k2_s2_p1_ceil", (1, 1, 5, 6), dict(kernel_size=2, stride=2, padding=1, ceil_mode=True)),
+    ("ceil_last_window_dropped", (1, 2, 6, 6), dict(kernel_size=3, stride=3, padding=1,
+                                                    ceil_mode=True)),
+    ("rect_kernel", (1, 2, 8, 9), dict(kernel_size=(2, 3), stride=(2, 1), padding=(1, 0))),
+    ("stride_1", (1, 2, 5, 5), dict(kernel_size=3, stride=1, padding=1)),
+    ("stride_larger_than_kernel", (1, 2, 9, 10), dict(kernel_size=2, stride=3)),
+    ("kernel_covers_input", (2, 3, 4, 4), dict(kernel_size=4)),
+    ("image_1x1", (2, 3, 1, 1), dict(kernel_size=1)),
+    ("list_args", (1, 2, 7, 7), dict(kernel_size=[3, 2], stride=[2, 2], padding=[1, 1])),
+    ("unbatched", (3, 6, 7), dict(kernel_size=2, stride=2, ceil_mode=True)),
+]
+
+MAX_ONLY = [
+    ("dilation", (1, 2, 9, 9), dict(kernel_size=3, stride=2, padding=1, dilation=2)),
+    ("dilation_tuple_ceil", (1, 2, 10, 9), dict(kernel_size=2, stride=3, dilation=(2, 3),
+                                                ceil_mode=True)),
+]
+
+BIG = [
+    ("resnet_stem", (2, 16, 33, 35), dict(kernel_size=3, stride=2, padding=1)),
+    ("ceil_big", (1, 19, 27, 26), dict(kernel_size=3, stride=2, ceil_mode=True)),
+    ("k2_big", (3, 7, 64, 63), dict(kernel_size=2)),
+]
+
+
+def ids(cases):
+    return [c[0] for c in cases]
+
+
+def args(cases):
+    return [c[1:] for c in cases]
+
+
+@pytest.mark.parametrize("xs, kw", args(POOL_CASES + MAX_ONLY), ids=ids(POOL_CASES + MAX_ONLY))
+def test_max_pool2d(rng, device, dtype, xs, kw):
+    check_op("max_pool2d", (rand(rng, xs, dtype),), kw, dtype, "exact", device)
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False], ids=["incl_pad", "excl_pad"])
+@pytest.mark.parametrize("xs, kw", args(POOL_CASES), ids=ids(POOL_CASES))
+def test_avg_pool2d(rng, device, dtype, xs, kw, count_include_pad):
+    check_op("avg_pool2d", (rand(rng, xs, dtype),), dict(kw, count_include_pad=count_include_pad),
+             dtype, "pool", device)
+
+
+@pytest.mark.parametrize("xs, kw", args(BIG), ids=ids(BIG))
+def test_pool_big(rng, device_big, dtype, xs, kw):
+    device = device_big  # realistic shapes: CPU and real GPUs
+    x = rand(rng, xs, dtype)
+    check_op("max_pool2d", (x,), kw, dtype, "exact", device)
+    check_op("avg_pool2d", (x,), dict(kw, count_include_pad=False), dtype, "pool", device)
+    check_op("avg_pool2d", (x,), kw, dtype, "pool", device)
+
+
+def test_max_pool2d_all_negative_with_padding(device, dtype):
+    # Padding must never win a max: all-negative inputs stay negative at the borders.
+    x = -np.arange(1, 1 + 2 * 5 * 5, dtype=dtype).reshape(1, 2, 5, 5)
+    out = check_op("max_pool2d", (x,), dict(kernel_size=3, stride=2, padding=1), dtype, "exact",
+                   device)
+    assert (out < 0).all()
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, padding=2), dict(kernel_size=2, padding=2),
+                                dict(kernel_size=(4, 2), padding=(1, 2))])
+def test_padding_over_half_kernel_raises(device, op, kw):
+    with pytest.raises(ValueError):
+        getattr(F, op)(np.zeros((1, 1, 8, 8)), **kw)
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+def test_output_too_small_raises(device, op):
+    with pytest.raises(ValueError):
+        getattr(F, op)(np.zeros((1, 1, 2, 2)), kernel_size=3)
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+@pytest.mark.parametrize("kw", [dict(kernel_size=0), dict(kernel_size=2, stride=0),
+                                dict(kernel_size=2, padding=-1)])
+def test_bad_arguments_raise(device, op, kw):
+    with pytest.raises(ValueError):
+        getattr(F, op)(np.zeros((1, 1, 6, 6)), **kw)
+
+
+def test_max_pool2d_zero_dilation_raises(device):
+    with pytest.raises(ValueError):
+        F.max_pool2d(np.zeros((1, 1, 6, 6)), 2, dilation=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive pooling
+# ---------------------------------------------------------------------------------------------
+
+ADAPTIVE_CASES = [
+    ("divides", (2, 3, 6, 8), (3, 4)),
+    ("non_dividing", (1, 3, 7, 9), (3, 4)),
+    ("non_dividing_2", (1, 2, 10, 5), (3, 3)),
+    ("global", (2, 5, 7, 6), 1),
+    ("identity", (1, 2, 5, 4), (5, 4)),
+    ("larger_than_input", (1, 2, 4, 3), (7, 5)),
+    ("none_keeps_size", (1, 2, 6, 5), (None, 2)),
+    ("int_size", (1, 3, 9, 9), 4),
+    ("unbatched", (3, 10, 7), (3, 2)),
+]
+
+
+@pytest.mark.parametrize("op, family", [("adaptive_avg_pool2d", "pool"),
+                                        ("adaptive_max_pool2d", "exact")])
+@pytest.mark.parametrize("xs, size", args(ADAPTIVE_CASES), ids=ids(ADAPTIVE_CASES))
+def test_adaptive(rng, device, dtype, op, family, xs, size):
+    check_op(op, (rand(rng, xs, dtype),), dict(output_size=size), dtype, family, device)
+
+
+def test_adaptive_big(rng, device_big, dtype):
+    device = device_big  # realistic shapes: CPU and real GPUs
+    x = rand(rng, (2, 37, 15, 13), dtype)
+    for size in [(7, 7), (1, 1), (4, 6)]:
+        check_op("adaptive_avg_pool2d", (x,), dict(output_size=size), dtype, "pool", device)
+        check_op("adaptive_max_pool2d", (x,), dict(output_size=size), dtype, "exact", device)
+
+
+@pytest.mark.parametrize("op", ["adaptive_avg_pool2d", "adaptive_max_pool2d"])
+@pytest.mark.parametrize("size", [0, (2, 0), (-1, 2)])
+def test_adaptive_bad_size_raises(device, op, size):
+    with pytest.raises(ValueError):
+        getattr(F, op)(np.zeros((1, 1, 4, 4)), size)
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+                                "adaptive_max_pool2d"])
+def test_pool_wrong_rank_raises(op):
+    x = np.zeros((4, 4))
+    with pytest.raises(ValueError):
+        getattr(F, op)(x, 2)
+    with pytest.raises(ValueError):
+        getattr(F, op)(np.zeros((1, 1, 1, 4, 4)), 2)
