@@ -1,6 +1,9 @@
-"""Compilation options and scalar helpers shared by the CPU kernels."""
+"""Compilation options, scalar helpers and softmax reductions shared by the CPU kernels."""
+
+import math
 
 import numba
+import numpy as np
 
 from numbaconv import _ops
 
@@ -21,3 +24,74 @@ def helper(func):
 
 sigmoid = helper(_ops.sigmoid)
 apply_act = helper(_ops.apply_act)
+
+
+@helper
+def nan_max(m, v):
+    """``max(m, v)`` where a NaN ``v`` wins (v > m is False for NaN), as in PyTorch's max."""
+    return v if (v > m or v != v) else m
+
+
+# Stable softmax pieces, shared by softmax and the cross-entropy losses. The max skips NaN
+# (v > m is False for it); a NaN then reaches every output through exp and the sum.
+
+
+@helper
+def row_max(xr):
+    """Largest value of a contiguous 1-D row (-inf when empty)."""
+    m = xr.dtype.type(-np.inf)
+    for i in range(xr.shape[0]):
+        v = xr[i]
+        m = v if v > m else m
+    return m
+
+
+@helper
+def row_lse(xr, m):
+    """``log(sum(exp(xr - m)))`` over a contiguous 1-D row."""
+    s = xr.dtype.type(0)
+    for i in range(xr.shape[0]):
+        s += math.exp(xr[i] - m)
+    return math.log(s)
+
+
+# Tile forms: the reduction runs over axis 1 of x[n, :, i0:i1], vectorised across the tile's
+# positions; slices are indexed from 0 so LLVM sees non-negative indices (no wraparound gathers).
+
+INNER_TILE = 256  # positions per task when the reduced axis is strided
+
+
+@helper
+def tile_task(t, tiles, inner):
+    """(n, i0, i1): task ``t`` of a prange over rows x ``tiles`` tiles of ``inner`` positions."""
+    n = t // tiles
+    i0 = (t - n * tiles) * INNER_TILE
+    return n, i0, min(i0 + INNER_TILE, inner)
+
+
+@helper
+def tile_max(x, n, i0, i1):
+    """Per-position maximum over axis 1 of ``x[n, :, i0:i1]``, as a new (i1 - i0,) array."""
+    li = i1 - i0
+    mx = np.full(li, x.dtype.type(-np.inf), x.dtype)
+    for c in range(x.shape[1]):
+        xr = x[n, c, i0:i1]
+        for i in range(li):
+            v = xr[i]
+            a = mx[i]
+            mx[i] = v if v > a else a
+    return mx
+
+
+@helper
+def tile_lse(x, n, i0, i1, mx):
+    """Per-position ``log(sum(exp(x[n, :, i] - mx)))`` for i in [i0, i1), as a new array."""
+    li = i1 - i0
+    sm = np.zeros(li, x.dtype)
+    for c in range(x.shape[1]):
+        xr = x[n, c, i0:i1]
+        for i in range(li):
+            sm[i] += math.exp(xr[i] - mx[i])
+    for i in range(li):
+        sm[i] = math.log(sm[i])
+    return sm

@@ -5,7 +5,8 @@ import math
 import numpy as np
 from numba import prange
 
-from numbaconv.cpu._common import helper, kernel
+from numbaconv.cpu._common import (INNER_TILE, helper, kernel, row_lse, row_max, tile_lse,
+                                   tile_max, tile_task)
 
 # linear: each task owns an (MB x NB) block of out and walks K in KB steps, so the x and w panels
 # it reads (2 * 32 * 1024 * 4 bytes in float32) stay in L2 while 4x4 register tiles reuse them.
@@ -122,10 +123,6 @@ def linear(out, x, w, b):
         _linear(out, x, w, b, True)
 
 
-# softmax over a strided axis: each task handles this many inner positions side by side.
-INNER_TILE = 256
-
-
 @kernel
 def softmax(out, x, log):
     """Softmax (or log_softmax when ``log``) over axis 1, stable for any finite input.
@@ -139,8 +136,6 @@ def softmax(out, x, log):
     log : bool, compute log_softmax.
     """
     outer, d_, inner = x.shape
-    zero = out.dtype.type(0)
-    ninf = out.dtype.type(-np.inf)
     if inner == 1:
         # Contiguous rows: one task per row, every pass a unit-stride loop.
         x2 = x.reshape((outer, d_))
@@ -148,18 +143,13 @@ def softmax(out, x, log):
         for r in prange(outer):
             xr = x2[r]
             orow = o2[r]
-            m = ninf
-            for d in range(d_):
-                v = xr[d]
-                m = v if v > m else m
-            s = zero
+            m = row_max(xr)
             if log:
-                for d in range(d_):
-                    s += math.exp(xr[d] - m)
-                ls = math.log(s)
+                ls = row_lse(xr, m)
                 for d in range(d_):
                     orow[d] = (xr[d] - m) - ls
             else:
+                s = out.dtype.type(0)
                 for d in range(d_):
                     e = math.exp(xr[d] - m)
                     orow[d] = e
@@ -171,35 +161,26 @@ def softmax(out, x, log):
     # slices are indexed from 0 so LLVM sees non-negative indices (no wraparound gathers).
     tiles = (inner + INNER_TILE - 1) // INNER_TILE
     for t in prange(outer * tiles):
-        o = t // tiles
-        i0 = (t - o * tiles) * INNER_TILE
-        i1 = min(i0 + INNER_TILE, inner)
+        o, i0, i1 = tile_task(t, tiles, inner)
         li = i1 - i0
-        mx = np.full(li, ninf, out.dtype)
-        sm = np.zeros(li, out.dtype)
-        for d in range(d_):
-            xr = x[o, d, i0:i1]
-            for i in range(li):
-                v = xr[i]
-                a = mx[i]
-                mx[i] = v if v > a else a
-        for d in range(d_):
-            xr = x[o, d, i0:i1]
-            orow = out[o, d, i0:i1]
-            for i in range(li):
-                e = math.exp(xr[i] - mx[i])
-                sm[i] += e
-                if not log:
-                    orow[i] = e
+        mx = tile_max(x, o, i0, i1)
         if log:
-            for i in range(li):
-                sm[i] = math.log(sm[i])
+            ls = tile_lse(x, o, i0, i1, mx)
             for d in range(d_):
                 xr = x[o, d, i0:i1]
                 orow = out[o, d, i0:i1]
                 for i in range(li):
-                    orow[i] = (xr[i] - mx[i]) - sm[i]
+                    orow[i] = (xr[i] - mx[i]) - ls[i]
         else:
+            # exp is stored on the way and divided afterwards: one exp per element.
+            sm = np.zeros(li, out.dtype)
+            for d in range(d_):
+                xr = x[o, d, i0:i1]
+                orow = out[o, d, i0:i1]
+                for i in range(li):
+                    e = math.exp(xr[i] - mx[i])
+                    sm[i] += e
+                    orow[i] = e
             for d in range(d_):
                 orow = out[o, d, i0:i1]
                 for i in range(li):

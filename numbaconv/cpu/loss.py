@@ -6,15 +6,12 @@ positions and vectorises across them. Slices are indexed from 0 so that LLVM kno
 non-negative and emits plain vector loads instead of wraparound gathers.
 """
 
-import math
-
 import numpy as np
 from numba import prange
 
-from numbaconv.cpu._common import kernel
+from numbaconv.cpu._common import (INNER_TILE, kernel, row_lse, row_max, tile_lse, tile_max,
+                                   tile_task)
 
-# Spatial positions per task when the class axis is strided.
-INNER_TILE = 256
 # Elements per task for the flat kernels.
 CHUNK = 16384
 
@@ -30,43 +27,22 @@ def cross_entropy(out, x, target):
     target : (N, S) int64 array of class indices in [0, C).
     """
     n_, c_, s_ = x.shape
-    zero = out.dtype.type(0)
-    ninf = out.dtype.type(-np.inf)
     if s_ == 1:
         x2 = x.reshape((n_, c_))
         for n in prange(n_):
             xr = x2[n]
-            m = ninf
-            for c in range(c_):
-                v = xr[c]
-                m = v if v > m else m
-            s = zero
-            for c in range(c_):
-                s += math.exp(xr[c] - m)
-            out[n, 0] = math.log(s) + (m - xr[target[n, 0]])
+            m = row_max(xr)
+            out[n, 0] = row_lse(xr, m) + (m - xr[target[n, 0]])
         return
     tiles = (s_ + INNER_TILE - 1) // INNER_TILE
     for t in prange(n_ * tiles):
-        n = t // tiles
-        i0 = (t - n * tiles) * INNER_TILE
-        i1 = min(i0 + INNER_TILE, s_)
-        li = i1 - i0
-        mx = np.full(li, ninf, out.dtype)
-        sm = np.zeros(li, out.dtype)
-        for c in range(c_):
-            xr = x[n, c, i0:i1]
-            for i in range(li):
-                v = xr[i]
-                a = mx[i]
-                mx[i] = v if v > a else a
-        for c in range(c_):
-            xr = x[n, c, i0:i1]
-            for i in range(li):
-                sm[i] += math.exp(xr[i] - mx[i])
+        n, i0, i1 = tile_task(t, tiles, s_)
+        mx = tile_max(x, n, i0, i1)
+        lse = tile_lse(x, n, i0, i1, mx)
         tr = target[n, i0:i1]
         orow = out[n, i0:i1]
-        for i in range(li):
-            orow[i] = math.log(sm[i]) + (mx[i] - x[n, tr[i], i0 + i])
+        for i in range(i1 - i0):
+            orow[i] = lse[i] + (mx[i] - x[n, tr[i], i0 + i])
 
 
 @kernel
@@ -80,23 +56,15 @@ def cross_entropy_prob(out, x, target):
     target : (N, C, S) array of class probabilities, x's dtype.
     """
     n_, c_, s_ = x.shape
-    zero = out.dtype.type(0)
-    ninf = out.dtype.type(-np.inf)
     if s_ == 1:
         x2 = x.reshape((n_, c_))
         t2 = target.reshape((n_, c_))
         for n in prange(n_):
             xr = x2[n]
             tr = t2[n]
-            m = ninf
-            for c in range(c_):
-                v = xr[c]
-                m = v if v > m else m
-            s = zero
-            for c in range(c_):
-                s += math.exp(xr[c] - m)
-            ls = math.log(s)
-            acc = zero
+            m = row_max(xr)
+            ls = row_lse(xr, m)
+            acc = out.dtype.type(0)
             # Term by term, as torch does: a zero probability times a -inf log-prob gives NaN.
             for c in range(c_):
                 acc += tr[c] * ((xr[c] - m) - ls)
@@ -104,31 +72,16 @@ def cross_entropy_prob(out, x, target):
         return
     tiles = (s_ + INNER_TILE - 1) // INNER_TILE
     for t in prange(n_ * tiles):
-        n = t // tiles
-        i0 = (t - n * tiles) * INNER_TILE
-        i1 = min(i0 + INNER_TILE, s_)
-        li = i1 - i0
-        mx = np.full(li, ninf, out.dtype)
-        sm = np.zeros(li, out.dtype)
-        for c in range(c_):
-            xr = x[n, c, i0:i1]
-            for i in range(li):
-                v = xr[i]
-                a = mx[i]
-                mx[i] = v if v > a else a
-        for c in range(c_):
-            xr = x[n, c, i0:i1]
-            for i in range(li):
-                sm[i] += math.exp(xr[i] - mx[i])
-        for i in range(li):
-            sm[i] = math.log(sm[i])
+        n, i0, i1 = tile_task(t, tiles, s_)
+        mx = tile_max(x, n, i0, i1)
+        lse = tile_lse(x, n, i0, i1, mx)
         orow = out[n, i0:i1]
         orow[:] = 0
         for c in range(c_):
             xr = x[n, c, i0:i1]
             tr = target[n, c, i0:i1]
-            for i in range(li):
-                orow[i] -= tr[i] * ((xr[i] - mx[i]) - sm[i])
+            for i in range(i1 - i0):
+                orow[i] -= tr[i] * ((xr[i] - mx[i]) - lse[i])
 
 
 @kernel

@@ -7,7 +7,7 @@ are busy even for one image, and uses the output row as its accumulator.
 import numpy as np
 from numba import prange
 
-from numbaconv.cpu._common import helper, kernel
+from numbaconv.cpu._common import helper, kernel, nan_max
 
 
 @helper
@@ -22,6 +22,14 @@ def _col_range(off, sw, w, ow):
     lo = max(0, _ceil_div(-off, sw))
     hi = min(ow, _ceil_div(w - off, sw))
     return lo, hi
+
+
+@helper
+def _row_index(r, c_, oh_):
+    """(n, c, oh) of flat output-row index ``r`` over (N, C, OH)."""
+    nc = r // oh_
+    n = nc // c_
+    return n, nc - n * c_, r - nc * oh_
 
 
 @kernel
@@ -41,10 +49,7 @@ def max_pool2d(out, x, kernel, stride, padding, dilation):
     ph, pw = padding
     dh, dw = dilation
     for r in prange(n_ * c_ * oh_):
-        nc = r // oh_
-        oh = r - nc * oh_
-        n = nc // c_
-        c = nc - n * c_
+        n, c, oh = _row_index(r, c_, oh_)
         orow = out[n, c, oh]
         orow[:] = -np.inf
         h0 = oh * sh - ph
@@ -63,7 +68,7 @@ def max_pool2d(out, x, kernel, stride, padding, dilation):
                 for o in range(hi - lo):
                     v = xseg[o * sw]
                     m = oseg[o]
-                    oseg[o] = v if (v > m or v != v) else m
+                    oseg[o] = nan_max(m, v)
 
 
 @kernel
@@ -86,10 +91,7 @@ def avg_pool2d(out, x, kernel, stride, padding, count_include_pad):
     sh, sw = stride
     ph, pw = padding
     for r in prange(n_ * c_ * oh_):
-        nc = r // oh_
-        oh = r - nc * oh_
-        n = nc // c_
-        c = nc - n * c_
+        n, c, oh = _row_index(r, c_, oh_)
         orow = out[n, c, oh]
         orow[:] = 0
         hstart = oh * sh - ph
@@ -117,13 +119,9 @@ def avg_pool2d(out, x, kernel, stride, padding, count_include_pad):
 
 
 @helper
-def _adaptive_start(i, size, osize):
-    return (i * size) // osize
-
-
-@helper
-def _adaptive_end(i, size, osize):
-    return ((i + 1) * size + osize - 1) // osize
+def _adaptive_window(i, size, osize):
+    """Input range [floor(i * size / osize), ceil((i + 1) * size / osize)) of output ``i``."""
+    return (i * size) // osize, ((i + 1) * size + osize - 1) // osize
 
 
 @kernel
@@ -140,12 +138,8 @@ def adaptive_avg_pool2d(out, x):
     oh_, ow_ = out.shape[2], out.shape[3]
     zero = out.dtype.type(0)
     for r in prange(n_ * c_ * oh_):
-        nc = r // oh_
-        oh = r - nc * oh_
-        n = nc // c_
-        c = nc - n * c_
-        hs = _adaptive_start(oh, h, oh_)
-        he = _adaptive_end(oh, h, oh_)
+        n, c, oh = _row_index(r, c_, oh_)
+        hs, he = _adaptive_window(oh, h, oh_)
         if ow_ == 1:
             # Full-width windows (global pooling) are one contiguous run: a single long loop.
             seg = x[n, c].reshape((h * w,))[hs * w:he * w]
@@ -155,8 +149,7 @@ def adaptive_avg_pool2d(out, x):
             out[n, c, oh, 0] = s / out.dtype.type((he - hs) * w)
             continue
         for o in range(ow_):
-            ws = _adaptive_start(o, w, ow_)
-            we = _adaptive_end(o, w, ow_)
+            ws, we = _adaptive_window(o, w, ow_)
             s = zero
             for ih in range(hs, he):
                 xrow = x[n, c, ih, ws:we]
@@ -178,28 +171,23 @@ def adaptive_max_pool2d(out, x):
     oh_, ow_ = out.shape[2], out.shape[3]
     ninf = out.dtype.type(-np.inf)
     for r in prange(n_ * c_ * oh_):
-        nc = r // oh_
-        oh = r - nc * oh_
-        n = nc // c_
-        c = nc - n * c_
-        hs = _adaptive_start(oh, h, oh_)
-        he = _adaptive_end(oh, h, oh_)
+        n, c, oh = _row_index(r, c_, oh_)
+        hs, he = _adaptive_window(oh, h, oh_)
         if ow_ == 1:
             # Full-width windows (global pooling) are one contiguous run: a single long loop.
             seg = x[n, c].reshape((h * w,))[hs * w:he * w]
             m = ninf
             for i in range(seg.shape[0]):
                 v = seg[i]
-                m = v if (v > m or v != v) else m
+                m = nan_max(m, v)
             out[n, c, oh, 0] = m
             continue
         for o in range(ow_):
-            ws = _adaptive_start(o, w, ow_)
-            we = _adaptive_end(o, w, ow_)
+            ws, we = _adaptive_window(o, w, ow_)
             m = ninf
             for ih in range(hs, he):
                 xrow = x[n, c, ih, ws:we]
                 for iw in range(we - ws):
                     v = xrow[iw]
-                    m = v if (v > m or v != v) else m
+                    m = nan_max(m, v)
             out[n, c, oh, o] = m

@@ -1,12 +1,24 @@
 """Device functions and launch helpers shared by the CUDA kernels."""
 
+import math
+
 from numbaconv import _cuda, _ops
 
+cuda = _cuda.cuda()
 
 sigmoid = _cuda.device_function(_ops.sigmoid)
 apply_act = _cuda.device_function(_ops.apply_act)
 
 THREADS = 256  # threads per block for 1-D grids
+
+# Shared-memory tiled GEMM (linear, conv2d): a block computes TM x TN outputs, staging TK of the
+# reduction at a time. Its 256 threads form a 16 x 16 grid; thread (ty, tx) owns the 4 x 4
+# outputs (ty + 16 r, tx + 16 c), so a warp's shared-memory reads are broadcasts or consecutive
+# words.
+TM = 64
+TN = 64
+TK = 16
+GEMM_THREADS = 256
 
 
 def blocks(n, threads=THREADS):
@@ -25,3 +37,71 @@ nan_max = _cuda.device_function(_nan_max)
 def flat(a):
     """A 1-D view of a C-contiguous device array (no copy); used as a typed stand-in argument."""
     return a.reshape(a.size)
+
+
+def _unravel4(idx, d1, d2, d3):
+    # C-order (i0, i1, i2, i3) of flat index idx over an array of shape (any, d1, d2, d3).
+    i3 = idx % d3
+    t = idx // d3
+    i2 = t % d2
+    t = t // d2
+    return t // d1, t % d1, i2, i3
+
+
+unravel4 = _cuda.device_function(_unravel4)
+
+
+def _adaptive_window(i, size, osize):
+    # Input range [floor(i * size / osize), ceil((i + 1) * size / osize)) of adaptive output i.
+    return (i * size) // osize, ((i + 1) * size + osize - 1) // osize
+
+
+adaptive_window = _cuda.device_function(_adaptive_window)
+
+
+def _max_sum_exp(x, a, b):
+    # Over axis 1 of x[a, :, b]: the NaN-propagating max m and the float64 sum of exp(x - m).
+    m = x.dtype.type(-math.inf)
+    for c in range(x.shape[1]):
+        m = nan_max(m, x[a, c, b])
+    s = 0.0
+    for c in range(x.shape[1]):
+        s += math.exp(x[a, c, b] - m)
+    return m, s
+
+
+max_sum_exp = _cuda.device_function(_max_sum_exp)
+
+
+def _block_sum(red, tid, threads):
+    # Tree-sums shared float64 array red[:threads] into red[0]; every thread of the block calls
+    # it (threads a power of two). Ends with a barrier, so all threads may then read red[0].
+    cuda.syncthreads()
+    step = threads // 2
+    while step > 0:
+        if tid < step:
+            red[tid] += red[tid + step]
+        cuda.syncthreads()
+        step //= 2
+
+
+block_sum = _cuda.device_function(_block_sum)
+
+
+def _tile_fma(a_s, b_s, acc, ty, tx):
+    # One staged step of the tiled GEMM: acc[4 r + c] += a_s[:, ty + 16 r] . b_s[:, tx + 16 c]
+    # over the (TK, TM) and (TK, TN) shared tiles; acc is the thread's 16 local accumulators.
+    for kk in range(TK):
+        a0 = a_s[kk, ty]
+        a1 = a_s[kk, ty + 16]
+        a2 = a_s[kk, ty + 32]
+        a3 = a_s[kk, ty + 48]
+        for c in range(4):
+            bv = b_s[kk, tx + 16 * c]
+            acc[c] += a0 * bv
+            acc[4 + c] += a1 * bv
+            acc[8 + c] += a2 * bv
+            acc[12 + c] += a3 * bv
+
+
+tile_fma = _cuda.device_function(_tile_fma)

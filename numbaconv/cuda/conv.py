@@ -9,17 +9,13 @@ the padding.
 """
 
 from numbaconv import _cuda
-from numbaconv.cuda._common import THREADS, apply_act, blocks, flat
+from numbaconv.cuda._common import (GEMM_THREADS, THREADS, TK, TM, TN, apply_act, blocks, flat,
+                                    tile_fma, unravel4)
 
 cuda = _cuda.cuda()
 
-# GEMM tile: a block computes TM output channels x TN output pixels, staging TK of the reduction
-# at a time. Its 256 threads form a 16 x 16 grid; thread (ty, tx) owns the 4 x 4 outputs
-# (ty + 16 r, tx + 16 c), so a warp's shared-memory reads are broadcasts or consecutive words.
-TM = 64
-TN = 64
-TK = 16
-GEMM_THREADS = 256
+# GEMM tile (TM, TN, TK in numbaconv.cuda._common): a block computes TM output channels x TN
+# output pixels, staging TK of the reduction at a time.
 
 # Groups with fewer output channels than this (depthwise: 1) use the direct kernel: a 64-row
 # GEMM tile would be mostly idle.
@@ -105,17 +101,7 @@ def _conv2d_gemm(out, x, w, b, geom, has_bias, act, alpha):
                     v = x[pn, cbase + c, ih, iw]
             b_s[kk, bp] = v
         cuda.syncthreads()
-        for kk in range(TK):
-            a0 = a_s[kk, ty]
-            a1 = a_s[kk, ty + 16]
-            a2 = a_s[kk, ty + 32]
-            a3 = a_s[kk, ty + 48]
-            for c in range(4):
-                bv = b_s[kk, tx + 16 * c]
-                acc[c] += a0 * bv
-                acc[4 + c] += a1 * bv
-                acc[8 + c] += a2 * bv
-                acc[12 + c] += a3 * bv
+        tile_fma(a_s, b_s, acc, ty, tx)
         cuda.syncthreads()
 
     # Epilogue: bias, activation, store.
@@ -148,12 +134,7 @@ def _conv2d_direct(out, x, w, b, geom, has_bias, act, alpha):
     idx = cuda.grid(1)
     if idx >= n_ * oc_ * oh_ * ow_:
         return
-    ow = idx % ow_
-    t = idx // ow_
-    oh = t % oh_
-    t = t // oh_
-    oc = t % oc_
-    n = t // oc_
+    n, oc, oh, ow = unravel4(idx, oc_, oh_, ow_)
     c0 = (oc // (oc_ // groups)) * cg
     ih0 = oh * sh - ph
     iw0 = ow * sw - pw

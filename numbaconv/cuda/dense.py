@@ -6,17 +6,14 @@ import math
 import numpy as np
 
 from numbaconv import _cuda
-from numbaconv.cuda._common import THREADS, blocks, flat, nan_max
+from numbaconv.cuda._common import (GEMM_THREADS, THREADS, TK, TM, TN, block_sum, blocks, flat,
+                                    max_sum_exp, nan_max, tile_fma)
 
 cuda = _cuda.cuda()
 
-# linear tile: a block computes TM rows x TN columns of out, staging TK of K at a time. Its 256
-# threads form a 16 x 16 grid; thread (ty, tx) owns outputs (ty + 16 r, tx + 16 c), r, c < 4, so
-# shared reads are broadcasts or consecutive words and stores to a row of out coalesce.
-TM = 64
-TN = 64
-TK = 16
-GEMM_THREADS = 256
+# linear tile (TM, TN, TK in numbaconv.cuda._common): a block computes TM rows x TN columns of
+# out, staging TK of K at a time; thread (ty, tx) owns outputs (ty + 16 r, tx + 16 c), r, c < 4,
+# so stores to a row of out coalesce.
 
 
 @_cuda.kernel("void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1], {T}[::1], boolean)")
@@ -56,17 +53,7 @@ def _linear(out, x, w, b, has_bias):
                 v = w[n0 + rr, k]
             b_s[lk, rr] = v
         cuda.syncthreads()
-        for kk in range(TK):
-            a0 = a_s[kk, ty]
-            a1 = a_s[kk, ty + 16]
-            a2 = a_s[kk, ty + 32]
-            a3 = a_s[kk, ty + 48]
-            for c in range(4):
-                bv = b_s[kk, tx + 16 * c]
-                acc[c] += a0 * bv
-                acc[4 + c] += a1 * bv
-                acc[8 + c] += a2 * bv
-                acc[12 + c] += a3 * bv
+        tile_fma(a_s, b_s, acc, ty, tx)
         cuda.syncthreads()
 
     for r in range(4):
@@ -134,13 +121,7 @@ def _softmax_block(out, x, log):
     for d in range(tid, d_, ROW_THREADS):
         s += math.exp(x[o, d, i] - m)
     red_sum[tid] = s
-    cuda.syncthreads()
-    step = ROW_THREADS // 2
-    while step > 0:
-        if tid < step:
-            red_sum[tid] += red_sum[tid + step]
-        cuda.syncthreads()
-        step //= 2
+    block_sum(red_sum, tid, ROW_THREADS)
     total = red_sum[0]
     if log:
         ls = math.log(total)
@@ -161,12 +142,7 @@ def _softmax_thread(out, x, log):
         return
     o = r // inner
     i = r - o * inner
-    m = x.dtype.type(-math.inf)
-    for d in range(d_):
-        m = nan_max(m, x[o, d, i])
-    s = 0.0
-    for d in range(d_):
-        s += math.exp(x[o, d, i] - m)
+    m, s = max_sum_exp(x, o, i)
     if log:
         ls = math.log(s)
         for d in range(d_):

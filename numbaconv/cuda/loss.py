@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from numbaconv import _cuda
-from numbaconv.cuda._common import THREADS, blocks, nan_max
+from numbaconv.cuda._common import THREADS, block_sum, blocks, max_sum_exp
 
 cuda = _cuda.cuda()
 
@@ -22,12 +22,7 @@ def _cross_entropy(out, x, target):
         return
     n = idx // s_
     s = idx - n * s_
-    m = x.dtype.type(-math.inf)
-    for c in range(c_):
-        m = nan_max(m, x[n, c, s])
-    acc = 0.0
-    for c in range(c_):
-        acc += math.exp(x[n, c, s] - m)
+    m, acc = max_sum_exp(x, n, s)
     # (max - x_t) first: exact cancellation when the target holds the max, even at 1e30.
     out[n, s] = (m - x[n, target[n, s], s]) + math.log(acc)
 
@@ -44,12 +39,7 @@ def _cross_entropy_prob(out, x, target):
         return
     n = idx // s_
     s = idx - n * s_
-    m = x.dtype.type(-math.inf)
-    for c in range(c_):
-        m = nan_max(m, x[n, c, s])
-    acc = 0.0
-    for c in range(c_):
-        acc += math.exp(x[n, c, s] - m)
+    m, acc = max_sum_exp(x, n, s)
     lse = math.log(acc)
     tot = 0.0
     for c in range(c_):
@@ -75,13 +65,7 @@ def _sum_partials(x, partial):
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
         acc += x[i]
     red[tid] = acc
-    cuda.syncthreads()
-    step = THREADS // 2
-    while step > 0:
-        if tid < step:
-            red[tid] += red[tid + step]
-        cuda.syncthreads()
-        step //= 2
+    block_sum(red, tid, THREADS)
     if tid == 0:
         partial[cuda.blockIdx.x] = red[0]
 
@@ -95,13 +79,7 @@ def _sum_final(out, partial, scale):
     for i in range(tid, partial.shape[0], THREADS):
         acc += partial[i]
     red[tid] = acc
-    cuda.syncthreads()
-    step = THREADS // 2
-    while step > 0:
-        if tid < step:
-            red[tid] += red[tid + step]
-        cuda.syncthreads()
-        step //= 2
+    block_sum(red, tid, THREADS)
     if tid == 0:
         out[0] = red[0] * scale
 

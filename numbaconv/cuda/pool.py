@@ -7,7 +7,7 @@ threads read neighbouring windows of one (n, c) plane.
 import math
 
 from numbaconv import _cuda
-from numbaconv.cuda._common import THREADS, blocks, nan_max
+from numbaconv.cuda._common import THREADS, adaptive_window, blocks, nan_max, unravel4
 
 cuda = _cuda.cuda()
 
@@ -25,12 +25,7 @@ def _max_pool2d(out, x, geom):
     idx = cuda.grid(1)
     if idx >= n_ * c_ * oh_ * ow_:
         return
-    ow = idx % ow_
-    t = idx // ow_
-    oh = t % oh_
-    t = t // oh_
-    c = t % c_
-    n = t // c_
+    n, c, oh, ow = unravel4(idx, c_, oh_, ow_)
     ih0 = oh * sh - ph
     iw0 = ow * sw - pw
     m = x.dtype.type(-math.inf)  # the padding value
@@ -56,12 +51,7 @@ def _avg_pool2d(out, x, geom, count_include_pad):
     idx = cuda.grid(1)
     if idx >= n_ * c_ * oh_ * ow_:
         return
-    ow = idx % ow_
-    t = idx // ow_
-    oh = t % oh_
-    t = t // oh_
-    c = t % c_
-    n = t // c_
+    n, c, oh, ow = unravel4(idx, c_, oh_, ow_)
     # PyTorch: the window clipped to the padded input gives the count_include_pad divisor; the
     # window clipped to the input itself gives the other divisor and the summed range.
     hs = oh * sh - ph
@@ -90,16 +80,9 @@ def _adaptive_avg_pool2d(out, x):
     idx = cuda.grid(1)
     if idx >= n_ * c_ * oh_ * ow_:
         return
-    ow = idx % ow_
-    t = idx // ow_
-    oh = t % oh_
-    t = t // oh_
-    c = t % c_
-    n = t // c_
-    hs = (oh * h) // oh_
-    he = ((oh + 1) * h + oh_ - 1) // oh_
-    ws = (ow * w) // ow_
-    we = ((ow + 1) * w + ow_ - 1) // ow_
+    n, c, oh, ow = unravel4(idx, c_, oh_, ow_)
+    hs, he = adaptive_window(oh, h, oh_)
+    ws, we = adaptive_window(ow, w, ow_)
     s = x.dtype.type(0)
     for ih in range(hs, he):
         for iw in range(ws, we):
@@ -115,16 +98,9 @@ def _adaptive_max_pool2d(out, x):
     idx = cuda.grid(1)
     if idx >= n_ * c_ * oh_ * ow_:
         return
-    ow = idx % ow_
-    t = idx // ow_
-    oh = t % oh_
-    t = t // oh_
-    c = t % c_
-    n = t // c_
-    hs = (oh * h) // oh_
-    he = ((oh + 1) * h + oh_ - 1) // oh_
-    ws = (ow * w) // ow_
-    we = ((ow + 1) * w + ow_ - 1) // ow_
+    n, c, oh, ow = unravel4(idx, c_, oh_, ow_)
+    hs, he = adaptive_window(oh, h, oh_)
+    ws, we = adaptive_window(ow, w, ow_)
     m = x.dtype.type(-math.inf)
     for ih in range(hs, he):
         for iw in range(ws, we):
