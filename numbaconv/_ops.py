@@ -79,3 +79,13 @@ def apply_act(v, act, alpha):
             return v
         return v * (v + 3.0) / 6.0
     return v
+
+
+def nan_max(m, v):
+    """``max(m, v)`` where a NaN ``v`` wins (``v > m`` is False for NaN), as in PyTorch's max."""
+    return v if (v > m or v != v) else m
+
+
+def adaptive_window(i, size, osize):
+    """Input range ``[floor(i*size/osize), ceil((i+1)*size/osize))`` of adaptive-pool output ``i``."""
+    return (i * size) // osize, ((i + 1) * size + osize - 1) // osize

@@ -26,10 +26,8 @@ sigmoid = helper(_ops.sigmoid)
 apply_act = helper(_ops.apply_act)
 
 
-@helper
-def nan_max(m, v):
-    """``max(m, v)`` where a NaN ``v`` wins (v > m is False for NaN), as in PyTorch's max."""
-    return v if (v > m or v != v) else m
+nan_max = helper(_ops.nan_max)
+adaptive_window = helper(_ops.adaptive_window)
 
 
 # Stable softmax pieces, shared by softmax and the cross-entropy losses. The max skips NaN

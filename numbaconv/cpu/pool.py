@@ -7,7 +7,7 @@ are busy even for one image, and uses the output row as its accumulator.
 import numpy as np
 from numba import prange
 
-from numbaconv.cpu._common import helper, kernel, nan_max
+from numbaconv.cpu._common import adaptive_window, helper, kernel, nan_max
 
 
 @helper
@@ -118,12 +118,6 @@ def avg_pool2d(out, x, kernel, stride, padding, count_include_pad):
             orow[o] = orow[o] / out.dtype.type(div)
 
 
-@helper
-def _adaptive_window(i, size, osize):
-    """Input range [floor(i * size / osize), ceil((i + 1) * size / osize)) of output ``i``."""
-    return (i * size) // osize, ((i + 1) * size + osize - 1) // osize
-
-
 @kernel
 def adaptive_avg_pool2d(out, x):
     """Adaptive average pooling: output (i, j) averages rows [floor(i*H/OH), ceil((i+1)*H/OH))
@@ -139,7 +133,7 @@ def adaptive_avg_pool2d(out, x):
     zero = out.dtype.type(0)
     for r in prange(n_ * c_ * oh_):
         n, c, oh = _row_index(r, c_, oh_)
-        hs, he = _adaptive_window(oh, h, oh_)
+        hs, he = adaptive_window(oh, h, oh_)
         if ow_ == 1:
             # Full-width windows (global pooling) are one contiguous run: a single long loop.
             seg = x[n, c].reshape((h * w,))[hs * w:he * w]
@@ -149,7 +143,7 @@ def adaptive_avg_pool2d(out, x):
             out[n, c, oh, 0] = s / out.dtype.type((he - hs) * w)
             continue
         for o in range(ow_):
-            ws, we = _adaptive_window(o, w, ow_)
+            ws, we = adaptive_window(o, w, ow_)
             s = zero
             for ih in range(hs, he):
                 xrow = x[n, c, ih, ws:we]
@@ -172,7 +166,7 @@ def adaptive_max_pool2d(out, x):
     ninf = out.dtype.type(-np.inf)
     for r in prange(n_ * c_ * oh_):
         n, c, oh = _row_index(r, c_, oh_)
-        hs, he = _adaptive_window(oh, h, oh_)
+        hs, he = adaptive_window(oh, h, oh_)
         if ow_ == 1:
             # Full-width windows (global pooling) are one contiguous run: a single long loop.
             seg = x[n, c].reshape((h * w,))[hs * w:he * w]
@@ -183,7 +177,7 @@ def adaptive_max_pool2d(out, x):
             out[n, c, oh, 0] = m
             continue
         for o in range(ow_):
-            ws, we = _adaptive_window(o, w, ow_)
+            ws, we = adaptive_window(o, w, ow_)
             m = ninf
             for ih in range(hs, he):
                 xrow = x[n, c, ih, ws:we]

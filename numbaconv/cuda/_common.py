@@ -26,12 +26,8 @@ def blocks(n, threads=THREADS):
     return max(1, (n + threads - 1) // threads)
 
 
-def _nan_max(m, v):
-    # v > m is False for NaN, so test v != v too: a NaN anywhere wins, as in PyTorch's max.
-    return v if (v > m or v != v) else m
-
-
-nan_max = _cuda.device_function(_nan_max)
+nan_max = _cuda.device_function(_ops.nan_max)
+adaptive_window = _cuda.device_function(_ops.adaptive_window)
 
 
 def flat(a):
@@ -49,14 +45,6 @@ def _unravel4(idx, d1, d2, d3):
 
 
 unravel4 = _cuda.device_function(_unravel4)
-
-
-def _adaptive_window(i, size, osize):
-    # Input range [floor(i * size / osize), ceil((i + 1) * size / osize)) of adaptive output i.
-    return (i * size) // osize, ((i + 1) * size + osize - 1) // osize
-
-
-adaptive_window = _cuda.device_function(_adaptive_window)
 
 
 def _max_sum_exp(x, a, b):
