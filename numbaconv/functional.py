@@ -7,6 +7,7 @@ has the input's dtype. NumPy in gives NumPy out; a device array in gives the sam
 array out. Inputs are never modified.
 """
 
+import functools
 import numbers
 
 import numpy as np
@@ -37,6 +38,13 @@ def _backend(device):
     from numbaconv import cuda
 
     return cuda
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(device, dtype, size, value):
+    # Kernels only read these (batch_norm's default weight and bias), so one copy serves all calls.
+    a = np.full(size, value, dtype)
+    return a if device == "cpu" else _cuda.to_device(a)
 
 
 class _Call:
@@ -113,10 +121,9 @@ class _Call:
             return np.empty(shape, dtype)
         return _cuda.empty(shape, dtype)
 
-    def full(self, shape, dtype, value):
-        if self.device == "cpu":
-            return np.full(shape, value, dtype)
-        return _cuda.to_device(np.full(shape, value, dtype))
+    def constant(self, size, dtype, value):
+        """A 1-D array of ``value`` on the call's device, cached across calls: never write it."""
+        return _constant(self.device, np.dtype(dtype).str, size, value)
 
     def finish(self, out):
         """Return ``out`` as the kind of array the caller passed in."""
@@ -125,11 +132,6 @@ class _Call:
         if self.host_in:
             return _cuda.to_host(out)
         return _device.like(out, self.template)
-
-
-def _view(a, shape):
-    """Reshape a C-contiguous NumPy or numba device array without copying."""
-    return a.reshape(shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,14 +260,14 @@ def _conv(op, nd, input, weight, bias, stride, padding, dilation, groups, activa
 
     out = call.empty((n, oc) + tuple(out_spatial), dtype)
     if out.size:
-        x = _view(call.ready("input"), (n, c) + tuple(spatial))
-        w = _view(call.ready("weight"), (oc, cpg) + tuple(ksize))
+        x = call.ready("input").reshape((n, c) + tuple(spatial))
+        w = call.ready("weight").reshape((oc, cpg) + tuple(ksize))
         _backend(call.device).conv2d(out, x, w, call.ready("bias"), stride,
                                      (pads[0][0], pads[1][0]), dilation, groups, act, alpha)
     out_shape = (n, oc) + tuple(out_spatial[-nd:])
     if not batched:
         out_shape = out_shape[1:]
-    return call.finish(_view(out, out_shape))
+    return call.finish(out.reshape(out_shape))
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -364,8 +366,8 @@ def _run_pool(call, dtype, shape, out_hw, launch):
     n, c = (1,) + shape[:1] if len(shape) == 3 else shape[:2]
     out = call.empty((n, c) + out_hw, dtype)
     if out.size:
-        launch(out, _view(call.ready("input"), (n, c) + shape[-2:]))
-    return call.finish(_view(out, shape[:-2] + out_hw))
+        launch(out, call.ready("input").reshape((n, c) + shape[-2:]))
+    return call.finish(out.reshape(shape[:-2] + out_hw))
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
@@ -469,8 +471,8 @@ def _elementwise(op, input, act, alpha=0.0):
     size = int(np.prod(shape))
     out = call.empty(shape, dtype)
     if size:
-        _backend(call.device).activation(_view(out, (size,)),
-                                         _view(call.ready("input"), (size,)), act, float(alpha))
+        _backend(call.device).activation(out.reshape((size,)),
+                                         call.ready("input").reshape((size,)), act, float(alpha))
     return call.finish(out)
 
 
@@ -558,10 +560,10 @@ def linear(input, weight, bias=None):
     out = call.empty((rows, m), dtype)
     if out.size:
         b = call.ready("bias")
-        _backend(call.device).linear(out, _view(call.ready("input"), (rows, k)),
-                                     _view(call.ready("weight"), (m, k)),
-                                     None if b is None else _view(b, (m,)))
-    return call.finish(_view(out, xs[:-1] + (() if vector_weight else (m,))))
+        _backend(call.device).linear(out, call.ready("input").reshape((rows, k)),
+                                     call.ready("weight").reshape((m, k)),
+                                     None if b is None else b.reshape((m,)))
+    return call.finish(out.reshape(xs[:-1] + (() if vector_weight else (m,))))
 
 
 def _softmax(op, input, dim, log):
@@ -575,7 +577,7 @@ def _softmax(op, input, dim, log):
     out = call.empty(shape, dtype)
     if out.size:
         d3 = (outer, full[dim], inner)
-        _backend(call.device).softmax(_view(out, d3), _view(call.ready("input"), d3), log)
+        _backend(call.device).softmax(out.reshape(d3), call.ready("input").reshape(d3), log)
     return call.finish(out)
 
 
@@ -633,10 +635,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     out = call.empty(shape, dtype)
     if out.size:
         s = int(np.prod(shape[2:]))
-        weight = call.ready("weight") if call["weight"] is not None else call.full(c, dtype, 1)
-        bias = call.ready("bias") if call["bias"] is not None else call.full(c, dtype, 0)
+        weight = call.ready("weight") if call["weight"] is not None else call.constant(c, dtype, 1)
+        bias = call.ready("bias") if call["bias"] is not None else call.constant(c, dtype, 0)
         _backend(call.device).batch_norm(
-            _view(out, (shape[0], c, s)), _view(call.ready("input"), (shape[0], c, s)),
+            out.reshape((shape[0], c, s)), call.ready("input").reshape((shape[0], c, s)),
             call.ready("running_mean"), call.ready("running_var"), weight, bias, float(eps))
     return call.finish(out)
 
@@ -656,12 +658,12 @@ def _reduce(call, per_item, dtype, reduction, count):
     else:
         scale = 1.0 / count if reduction == "mean" else 1.0
     if size:
-        _backend(call.device).reduce_sum(out, _view(per_item, (size,)), scale)
+        _backend(call.device).reduce_sum(out, per_item.reshape((size,)), scale)
     elif call.device == "cpu":
         out[0] = 0.0 * scale
     else:
         out = _cuda.to_device(np.array([0.0 * scale], dtype))
-    return call.finish(_view(out, ()))
+    return call.finish(out.reshape(()))
 
 
 def cross_entropy(input, target, reduction="mean"):
@@ -714,16 +716,20 @@ def cross_entropy(input, target, reduction="mean"):
                              f"indices must lie in [0, {c})")
     per_item = call.empty((n, s), dtype)
     if per_item.size:
-        x = _view(call.ready("input"), (n, c, s))
+        x = call.ready("input").reshape((n, c, s))
         be = _backend(call.device)
         if prob:
-            be.cross_entropy_prob(per_item, x, _view(call.ready("target"), (n, c, s)))
+            be.cross_entropy_prob(per_item, x, call.ready("target").reshape((n, c, s)))
         else:
-            t = _cuda.to_device(host_t.astype(np.int64)) if call.device == "cuda" else \
-                np.ascontiguousarray(host_t, dtype=np.int64)
-            be.cross_entropy(per_item, x, _view(t, (n, s)))
+            if call.device == "cpu":
+                t = np.ascontiguousarray(host_t, dtype=np.int64)
+            elif tdtype == np.int64 and not call.host_in:
+                t = call.ready("target")
+            else:
+                t = _cuda.to_device(host_t.astype(np.int64))
+            be.cross_entropy(per_item, x, t.reshape((n, s)))
     if reduction == "none":
-        return call.finish(_view(per_item, (xs[:1] + xs[2:]) if batched else ()))
+        return call.finish(per_item.reshape((xs[:1] + xs[2:]) if batched else ()))
     return _reduce(call, per_item, dtype, reduction, n * s)
 
 
@@ -744,7 +750,7 @@ def mse_loss(input, target, reduction="mean"):
     size = int(np.prod(shape))
     per_item = call.empty(shape, dtype)
     if size:
-        _backend(call.device).squared_error(_view(per_item, (size,)),
-                                            _view(call.ready("input"), (size,)),
-                                            _view(call.ready("target"), (size,)))
+        _backend(call.device).squared_error(per_item.reshape((size,)),
+                                            call.ready("input").reshape((size,)),
+                                            call.ready("target").reshape((size,)))
     return _reduce(call, per_item, dtype, reduction, size)

@@ -145,6 +145,23 @@ def _store(out, n, oc0, nrows, acc, p0, plen, wq, act, alpha):
 # Main path: phase-split padded workspace, taps read in place
 # --------------------------------------------------------------------------------------------
 
+@helper
+def _task(t, njt, nob, groups, ocg, npos):
+    """Decode flat task ``t`` of (image, group, channel block, position tile), tiles fastest.
+
+    Returns (image, group, first output channel, channels in the block, first position,
+    positions in the tile).
+    """
+    jt = t % njt
+    u = t // njt
+    ob = u % nob
+    u //= nob
+    g = u % groups
+    p0 = jt * JT
+    return (u // groups, g, g * ocg + ob * OCB, min(OCB, ocg - ob * OCB), p0,
+            min(JT, npos - p0))
+
+
 @kernel
 def _fill_workspace(ws, x, rph, cph, sh, sw, pt, pl, hq, wq):
     """ws[n, c, plane, q, r] = x[n, c, q*sh + rph[i] - pt, r*sw + cph[l] - pl] (0 outside).
@@ -216,16 +233,7 @@ def _conv_grid(out, src, cstride, wq, cg, w2, b, has_bias, kofs, groups, act, al
         kmax = max(kmax, kofs[k])
     ntask = n_ * groups * nob * njt
     for t in prange(ntask):
-        jt = t % njt
-        u = t // njt
-        ob = u % nob
-        u //= nob
-        g = u % groups
-        n = u // groups
-        p0 = jt * JT
-        plen = min(JT, npos - p0)
-        oc0 = g * ocg + ob * OCB
-        nrows = min(OCB, ocg - ob * OCB)
+        n, g, oc0, nrows, p0, plen = _task(t, njt, nob, groups, ocg, npos)
         base = (n * c_ + g * cg) * cstride + p0
         # Whole vectors: positions past the tile are computed (never stored) where src has them.
         vlen = min(JT, (plen + VEC - 1) // VEC * VEC, src.shape[0] - base - kmax)
@@ -265,16 +273,7 @@ def _conv_gather(out, x, w2, b, has_bias, groups, kh_, kw_, sh, sw, pt, pl, dh, 
         kofs[k] = (k % KC) * JT
     zero = out.dtype.type(0)
     for t in prange(n_ * groups * nob * njt):
-        jt = t % njt
-        u = t // njt
-        ob = u % nob
-        u //= nob
-        g = u % groups
-        n = u // groups
-        p0 = jt * JT
-        plen = min(JT, npos - p0)
-        oc0 = g * ocg + ob * OCB
-        nrows = min(OCB, ocg - ob * OCB)
+        n, g, oc0, nrows, p0, plen = _task(t, njt, nob, groups, ocg, npos)
         acc = np.empty(OCB * JT, dtype=out.dtype)
         _init_acc(acc, nrows, oc0, b, has_bias, plen)
         buf = np.empty(KC * JT, dtype=out.dtype)
