@@ -14,10 +14,11 @@ import os
 _STAMP = "numbaconv-sources.sha256"
 
 
-def refresh(package_dir, extra_sources=()):
-    """Delete cached kernels under ``package_dir/__pycache__`` if any source file changed."""
+def refresh(package_dir, extra_sources=(), settings=""):
+    """Delete cached kernels under ``package_dir/__pycache__`` if any source file changed, or
+    the compile-time ``settings`` (e.g. the SIMD width kernels are built for) differ."""
     sources = sorted(glob.glob(os.path.join(package_dir, "*.py"))) + list(extra_sources)
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(settings.encode())
     for path in sources:
         with open(path, "rb") as f:
             digest.update(os.path.basename(path).encode() + b"\0" + f.read())

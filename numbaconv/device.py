@@ -145,15 +145,11 @@ def like(out, template):
 
 
 def simd_width():
-    """float32 lanes of the host's widest vector unit: 16 (AVX-512), 8 (AVX2) or 1."""
-    import llvmlite.binding as llvm
+    """float32 lanes of the CPU kernels' vectors: 16 (AVX-512), 8 (AVX2) or 1, from the host's
+    features unless ``NUMBACONV_SIMD_WIDTH`` forces one."""
+    from numbaconv.cpu import simd
 
-    features = llvm.get_host_cpu_features()
-    if features.get("avx512f", False):
-        return 16
-    if features.get("avx2", False):
-        return 8
-    return 1
+    return simd.LANES
 
 
 def cache_dir():
@@ -191,6 +187,13 @@ def info():
     reason = _cuda.unavailable_reason()
     lines.append(f"cuda      {'available: ' + _cuda.device_name() if reason is None else reason}")
     lines.append(f"threads   {numba.get_num_threads()} (NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS})")
-    lines.append(f"simd      {simd_width()} float32 lanes (host CPU: {llvm.get_host_cpu_name()})")
+    from numbaconv.cpu import simd, workspace
+
+    lines.append(f"simd      {simd_width()} float32 lanes (host CPU: {llvm.get_host_cpu_name()}, "
+                 f"{simd.host_lanes()} lanes native)")
     lines.append(f"cache     {cache_dir()}")
+    st = workspace.WEIGHTS.stats()
+    lines.append(f"weights   {st['entries']} transformed weights cached, {st['bytes'] / 2**20:.1f} "
+                 f"of {st['limit_bytes'] / 2**20:.0f} MiB (NUMBACONV_CACHE_MB); {st['hits']} hits, "
+                 f"{st['misses']} misses")
     print("\n".join(lines))

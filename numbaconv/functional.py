@@ -195,14 +195,16 @@ def _activation(op, activation):
 # Convolution
 # --------------------------------------------------------------------------------------------
 
-def _conv(op, nd, input, weight, bias, stride, padding, dilation, groups, activation):
+def _conv(op, nd, input, weight, bias, stride, padding, dilation, groups, activation,
+          residual=None):
     """Shared body of conv1d (nd=1, run as a conv2d with height 1) and conv2d (nd=2)."""
-    call = _Call(op, ("bias",), input=input, weight=weight, bias=bias)
+    call = _Call(op, ("bias", "residual"), input=input, weight=weight, bias=bias,
+                 residual=residual)
     act, alpha = _activation(op, activation)
     _rank(call, "input", (nd + 1, nd + 2))
     _rank(call, "weight", (nd + 2,))
     dtype = call.float_dtype("input")
-    call.same_dtype(dtype, "weight", "bias")
+    call.same_dtype(dtype, "weight", "bias", "residual")
     if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"{op}(): groups must be a positive int, got {groups!r}")
     stride = _int_tuple(stride, nd, op, "stride", 1)
@@ -258,20 +260,26 @@ def _conv(op, nd, input, weight, bias, stride, padding, dilation, groups, activa
         pads = [(0, 0)] + pads
         ksize, spatial, out_spatial = (1,) + ksize, (1,) + spatial, [1] + out_spatial
 
+    out_shape = (n, oc) + tuple(out_spatial[-nd:])
+    if not batched:
+        out_shape = out_shape[1:]
+    if call["residual"] is not None and tuple(call["residual"].shape) != out_shape:
+        raise ValueError(f"{op}(): residual must have the output's shape {out_shape}, got "
+                         f"{tuple(call['residual'].shape)}")
     out = call.empty((n, oc) + tuple(out_spatial), dtype)
     if out.size:
         x = call.ready("input").reshape((n, c) + tuple(spatial))
         w = call.ready("weight").reshape((oc, cpg) + tuple(ksize))
-        _backend(call.device).conv2d(out, x, w, call.ready("bias"), stride,
+        res = call.ready("residual")
+        if res is not None:
+            res = res.reshape(out.shape)
+        _backend(call.device).conv2d(out, x, w, call.ready("bias"), res, stride,
                                      (pads[0][0], pads[1][0]), dilation, groups, act, alpha)
-    out_shape = (n, oc) + tuple(out_spatial[-nd:])
-    if not batched:
-        out_shape = out_shape[1:]
     return call.finish(out.reshape(out_shape))
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           activation=None):
+           activation=None, residual=None):
     """2-D convolution over an NCHW input, as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -287,6 +295,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     activation : None, str or ('leaky_relu', slope), keyword-only
         Applied after the bias inside the kernel: one of 'relu', 'relu6', 'leaky_relu',
         'sigmoid', 'tanh', 'silu', 'gelu', 'hardswish'.
+    residual : array shaped as the output, or None, keyword-only
+        Added after the bias and before the activation, as in a ResNet block's
+        ``relu(bn(conv(x)) + identity)``; never modified.
 
     Returns
     -------
@@ -299,7 +310,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     >>> F.conv2d(x, w, padding=1, activation="relu").shape
     (1, 8, 32, 32)
     """
-    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups, activation)
+    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups, activation,
+                 residual)
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):

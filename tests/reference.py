@@ -148,7 +148,7 @@ def _conv2d_core(x, w, b, stride, pads, dilation, groups):
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           activation=None):
+           activation=None, residual=None):
     x, w, b = _f64(input), _f64(weight), _f64(bias)
     unbatched = x.ndim == 3
     if unbatched:
@@ -160,7 +160,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         pads = _same_pads(w.shape[2:], dilation)
     else:
         pads = [(p, p) for p in _tuple(padding, 2)]
-    out = _activation(_conv2d_core(x, w, b, stride, pads, dilation, groups), activation)
+    out = _conv2d_core(x, w, b, stride, pads, dilation, groups)
+    if residual is not None:
+        out = out + _f64(residual).reshape(out.shape)
+    out = _activation(out, activation)
     return out[0] if unbatched else out
 
 

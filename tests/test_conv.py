@@ -60,6 +60,8 @@ def conv_scale(x, w, b, kw):
     """Sum of |products| per output: the unit a float sum's rounding error scales with."""
     absb = None if b is None else np.abs(b)
     kw = {k: v for k, v in kw.items() if k != "activation"}
+    if kw.get("residual") is not None:
+        kw["residual"] = np.abs(kw["residual"])
     return R.conv2d(np.abs(x), np.abs(w), absb, **kw)
 
 
@@ -199,3 +201,35 @@ def test_conv1d_kernel_larger_than_padded_input(device):
 def test_conv1d_has_no_activation_argument():
     with pytest.raises(TypeError):
         F.conv1d(np.zeros((1, 2, 5)), np.zeros((3, 2, 3)), activation="relu")
+
+
+# Each path of the CPU conv (read in place, padded workspace, gather) and the direct/GEMM split
+# on CUDA, with the residual fused before the activation.
+RESIDUAL_CASES = [
+    ("pointwise_inplace", (2, 7, 5, 3), (9, 7, 1, 1), {}),
+    ("padded_workspace", (1, 3, 6, 7), (17, 3, 3, 3), dict(padding=1)),
+    ("strided", (1, 5, 9, 8), (20, 5, 3, 3), dict(stride=2, padding=1)),
+    ("gather", (1, 2, 1, 1), (3, 2, 3, 3), dict(padding=1)),
+    ("groups", (1, 4, 6, 6), (6, 2, 3, 3), dict(groups=2, padding=1)),
+    ("unbatched", (3, 5, 6), (4, 3, 3, 3), dict(padding=1)),
+]
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "leaky_relu"])
+@pytest.mark.parametrize("xs, ws, kw", [c[1:] for c in RESIDUAL_CASES],
+                         ids=[c[0] for c in RESIDUAL_CASES])
+def test_conv2d_residual(rng, device, dtype, xs, ws, kw, activation):
+    x, w, b = rand(rng, xs, dtype), rand(rng, ws, dtype), rand(rng, (ws[0],), dtype)
+    out_shape = R.conv2d(x, w, b, **kw).shape
+    kw = dict(kw, residual=rand(rng, out_shape, dtype) * dtype(2), activation=activation)
+    check_op("conv2d", (x, w, b), kw, dtype, "conv", device, scale=conv_scale(x, w, b, kw))
+
+
+def test_conv2d_residual_errors(rng):
+    x, w = rand(rng, (1, 2, 5, 5), np.float32), rand(rng, (3, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"residual must have the output's shape \(1, 3, 3, 3\)"):
+        F.conv2d(x, w, residual=np.zeros((1, 3, 5, 5), np.float32))
+    with pytest.raises(TypeError, match="'residual' has dtype float64"):
+        F.conv2d(x, w, residual=np.zeros((1, 3, 3, 3)))
+    with pytest.raises(TypeError, match="'residual' must be a numpy.ndarray"):
+        F.conv2d(x, w, residual=[[0.0]])

@@ -5,8 +5,9 @@ the same arguments. ``numbaconv.functional`` has already checked every argument,
 C-contiguous and of one float dtype (float32 or float64), and allocated the output, so a launcher
 only fills ``out`` and returns None.
 
-conv:       conv2d(out, x, w, b, stride, padding, dilation, groups, act, alpha)
+conv:       conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha)
                 x (N, C, H, W), w (OC, C // groups, KH, KW), b (OC,) or None, out (N, OC, OH, OW);
+                residual None or shaped as out, added after the bias (before act);
                 stride, padding (top, left), dilation are (h, w) int tuples; padding past the
                 bottom/right edge is implied by out's shape; act is a numbaconv._ops.ACT_* code
                 applied after the bias, alpha its parameter (leaky_relu slope).
@@ -31,8 +32,12 @@ import os as _os
 
 from numbaconv import _jitcache
 
-# Before any kernel module is imported: cached kernels compiled from older sources are dropped.
-_jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)), [_jitcache.OPS_SOURCE])
+from numbaconv.cpu import simd  # noqa: E402  (no kernels: fixes the vector width)
+
+# Before any kernel module is imported: cached kernels compiled from older sources, or for
+# another vector width, are dropped.
+_jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)), [_jitcache.OPS_SOURCE],
+                  settings=f"simd lanes {simd.LANES}")
 
 from numbaconv.cpu.activation import activation  # noqa: E402
 from numbaconv.cpu.conv import conv2d  # noqa: E402

@@ -8,9 +8,11 @@ row of X for tap ``(ic, kh, kw)`` is the workspace itself, shifted by a fixed of
 reads contiguous memory, for any stride and dilation, and no im2col matrix is built. Columns
 ``ow >= OW`` of that grid are computed and dropped.
 
-Work is split into tasks of (image, group, block of OCB output channels, tile of JT positions),
-all in one ``prange``, so both cores are busy at batch 1. A task accumulates its tile in a small
-local array that stays in L1 while :func:`_microkernel` streams the taps through it.
+Weights are packed into panels of MR output channels (tap-major), cached per tracked weight
+array. A register-blocked microkernel written with :mod:`numbaconv.cpu.simd` computes MR channels
+x 2 or 3 vectors of positions over all taps with its accumulators in vector registers. Work is
+split into tasks of (image, group, chunk of channel blocks, position tile), all in one
+``prange``; chunks are sized so that both cores are busy even at batch 1.
 
 Stride 1 without top/left padding reads the input itself. When the workspace would exceed the
 input plus output size (padding that dwarfs a tiny image), :func:`_conv_gather` builds bounded
@@ -18,127 +20,57 @@ im2col chunks per task instead. :func:`_algorithm` makes that choice.
 """
 
 import functools
-import threading
 
+import numba
 import numpy as np
 from numba import prange
 
 from numbaconv._ops import ACT_NONE, ACT_RELU
+from numbaconv.cpu import simd
 from numbaconv.cpu._common import apply_act, helper, kernel
+from numbaconv.cpu.gemm import MR, NVMAX, microkernel, pack, split_tiles, tile_span
+from numbaconv.cpu.workspace import POOL, WEIGHTS
 
-JT = 256  # output positions per task tile (padded-grid positions)
-OCB = 32  # output channels per task tile; the accumulator is OCB * JT values (32 KiB float32)
 KC = 64  # taps gathered per chunk by the fallback path
-VEC = 16  # tile lengths are rounded up to whole vectors of this many values
-
-
-# --------------------------------------------------------------------------------------------
-# Microkernel: the one function that does the multiply-adds
-# --------------------------------------------------------------------------------------------
-
-@helper
-def _microkernel(acc, nrows, w, wrow, k0, k1, src, base, kofs, jlen):
-    """``acc[r*JT + j] += sum_{k0<=k<k1} w[wrow + r, k] * src[base + kofs[k] + j]``.
-
-    For r < nrows, j < jlen. Four taps by four output channels per pass over the tile: each
-    accumulator vector loaded and stored once per 16 fused multiply-adds. Slices are indexed
-    from 0 so LLVM sees non-negative, contiguous indices and vectorises along j; the four rows
-    of ``acc`` sit at fixed distances JT so its runtime alias checks collapse to one group.
-    """
-    r4 = nrows - nrows % 4
-    kq = k1 - (k1 - k0) % 4
-    for k in range(k0, kq, 4):
-        o0 = base + kofs[k]
-        o1 = base + kofs[k + 1]
-        o2 = base + kofs[k + 2]
-        o3 = base + kofs[k + 3]
-        x0 = src[o0:o0 + jlen]
-        x1 = src[o1:o1 + jlen]
-        x2 = src[o2:o2 + jlen]
-        x3 = src[o3:o3 + jlen]
-        for r in range(0, r4, 4):
-            wr = wrow + r
-            w00 = w[wr, k]
-            w01 = w[wr, k + 1]
-            w02 = w[wr, k + 2]
-            w03 = w[wr, k + 3]
-            w10 = w[wr + 1, k]
-            w11 = w[wr + 1, k + 1]
-            w12 = w[wr + 1, k + 2]
-            w13 = w[wr + 1, k + 3]
-            w20 = w[wr + 2, k]
-            w21 = w[wr + 2, k + 1]
-            w22 = w[wr + 2, k + 2]
-            w23 = w[wr + 2, k + 3]
-            w30 = w[wr + 3, k]
-            w31 = w[wr + 3, k + 1]
-            w32 = w[wr + 3, k + 2]
-            w33 = w[wr + 3, k + 3]
-            a = acc[r * JT:(r + 4) * JT]
-            for j in range(jlen):
-                v0 = x0[j]
-                v1 = x1[j]
-                v2 = x2[j]
-                v3 = x3[j]
-                a[j] += w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
-                a[JT + j] += w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
-                a[2 * JT + j] += w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
-                a[3 * JT + j] += w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
-        for r in range(r4, nrows):
-            wr = wrow + r
-            w00 = w[wr, k]
-            w01 = w[wr, k + 1]
-            w02 = w[wr, k + 2]
-            w03 = w[wr, k + 3]
-            a = acc[r * JT:r * JT + jlen]
-            for j in range(jlen):
-                a[j] += w00 * x0[j] + w01 * x1[j] + w02 * x2[j] + w03 * x3[j]
-    for k in range(kq, k1):
-        o0 = base + kofs[k]
-        x0 = src[o0:o0 + jlen]
-        for r in range(nrows):
-            w00 = w[wrow + r, k]
-            a = acc[r * JT:r * JT + jlen]
-            for j in range(jlen):
-                a[j] += w00 * x0[j]
 
 
 @helper
-def _init_acc(acc, nrows, oc0, b, has_bias, plen):
-    """Start rows [0, nrows) of a tile at the bias (or 0), so the epilogue only applies ``act``."""
-    zero = acc.dtype.type(0)
-    for r in range(nrows):
-        acc[r * JT:r * JT + plen] = b[oc0 + r] if has_bias else zero
-
-
-@helper
-def _store_row(orow, a, act, alpha):
-    # One loop per common activation with ``act`` constant, so LLVM vectorises it.
-    if act == ACT_NONE:
+def _store_row(orow, a, bias, rrow, has_res, act, alpha):
+    """``orow = act(a + bias (+ rrow))``; one loop per common activation with ``act`` constant,
+    so LLVM vectorises it."""
+    if has_res:
         for i in range(orow.shape[0]):
-            orow[i] = a[i]
+            orow[i] = apply_act(a[i] + bias + rrow[i], act, alpha)
+    elif act == ACT_NONE:
+        for i in range(orow.shape[0]):
+            orow[i] = a[i] + bias
     elif act == ACT_RELU:
         for i in range(orow.shape[0]):
-            orow[i] = apply_act(a[i], ACT_RELU, alpha)
+            orow[i] = apply_act(a[i] + bias, ACT_RELU, alpha)
     else:
         for i in range(orow.shape[0]):
-            orow[i] = apply_act(a[i], act, alpha)
+            orow[i] = apply_act(a[i] + bias, act, alpha)
 
 
 @helper
-def _store(out, n, oc0, nrows, acc, p0, plen, wq, act, alpha):
-    """Write ``act(acc)`` for grid positions [p0, p0 + plen) of channels oc0.. into out[n]."""
+def _store(out, res, has_res, n, oc0, nrows, tile, nr, p0, plen, wq, b, has_bias, act, alpha):
+    """Write ``act(tile + bias + residual)`` for grid positions [p0, p0 + plen) of output
+    channels oc0 .. oc0 + nrows into out[n], dropping the grid's columns ``ow >= OW``."""
     ow_ = out.shape[3]
     oh_lo = p0 // wq
     oh_hi = (p0 + plen - 1) // wq
+    zero = out.dtype.type(0)
     for r in range(nrows):
+        bias = b[oc0 + r] if has_bias else zero
         for oh in range(oh_lo, oh_hi + 1):
             start = oh * wq
             c0 = max(0, p0 - start)
             c1 = min(ow_, p0 + plen - start)
             if c1 > c0:
-                a0 = r * JT + start - p0
-                _store_row(out[n, oc0 + r, oh, c0:c1], acc[a0 + c0:a0 + c1], act, alpha)
+                a0 = r * nr + start - p0
+                rrow = res[n, oc0 + r, oh, c0:c1] if has_res else out[n, oc0 + r, oh, c0:c0]
+                _store_row(out[n, oc0 + r, oh, c0:c1], tile[a0 + c0:a0 + c1], bias, rrow,
+                           has_res, act, alpha)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,20 +78,18 @@ def _store(out, n, oc0, nrows, acc, p0, plen, wq, act, alpha):
 # --------------------------------------------------------------------------------------------
 
 @helper
-def _task(t, njt, nob, groups, ocg, npos):
-    """Decode flat task ``t`` of (image, group, channel block, position tile), tiles fastest.
+def _task(t, ntiles, nchunks, chunk, nbg, groups):
+    """Decode flat task ``t`` of (image, group, chunk of MR-channel blocks, position tile), tiles
+    fastest, so consecutive tasks of a thread reuse the chunk's packed weights from cache.
 
-    Returns (image, group, first output channel, channels in the block, first position,
-    positions in the tile).
+    Returns (image, group, tile, first block, end block) with blocks counted within the group.
     """
-    jt = t % njt
-    u = t // njt
-    ob = u % nob
-    u //= nob
+    jt = t % ntiles
+    u = t // ntiles
+    ch = u % nchunks
+    u //= nchunks
     g = u % groups
-    p0 = jt * JT
-    return (u // groups, g, g * ocg + ob * OCB, min(OCB, ocg - ob * OCB), p0,
-            min(JT, npos - p0))
+    return u // groups, g, jt, ch * chunk, min(nbg, (ch + 1) * chunk)
 
 
 @kernel
@@ -208,40 +138,40 @@ def _fill_workspace(ws, x, rph, cph, sh, sw, pt, pl, hq, wq):
 
 
 @kernel
-def _conv_grid(out, src, cstride, wq, cg, w2, b, has_bias, kofs, groups, act, alpha):
+def _conv_grid(out, src, cstride, wq, cg, ap, nbg, chunk, kofs, groups, b, has_bias, res, has_res,
+               act, alpha):
     """Implicit-GEMM conv reading taps in place from ``src``.
 
     Parameters
     ----------
     out : (N, OC, OH, OW) array, filled in place.
-    src : flat input laid out as (N, C, cstride), each channel a grid of width wq (may be
-        longer than that).
+    src : flat input laid out as (N, C, cstride), each channel a grid of width wq.
     cg : input channels per group.
-    w2 : (OC, K) weights, K = C/groups * KH * KW.
+    ap : packed weights from :func:`_pack`, ``nbg`` blocks of MR channels per group.
+    chunk : blocks per task.
     kofs : (K,) int64, offset of tap k in a channel-group's input relative to the output
-        position p = oh * wq + ow.
+        position p = oh * wq + ow; K = cg * KH * KW.
+    b, res : bias (OC,) and residual (shaped as out), used when has_bias / has_res.
     """
     n_, oc_, oh_, ow_ = out.shape
-    k_ = w2.shape[1]
+    k_ = kofs.shape[0]
     ocg = oc_ // groups
+    lanes = simd.width(src)
+    nr = NVMAX * lanes
     npos = (oh_ - 1) * wq + ow_
-    njt = (npos + JT - 1) // JT
-    nob = (ocg + OCB - 1) // OCB
+    n3, n2 = split_tiles(npos, lanes)
+    ntiles = n3 + n2
+    nchunks = (nbg + chunk - 1) // chunk
     c_ = cg * groups
-    kmax = 0
-    for k in range(k_):
-        kmax = max(kmax, kofs[k])
-    ntask = n_ * groups * nob * njt
-    for t in prange(ntask):
-        n, g, oc0, nrows, p0, plen = _task(t, njt, nob, groups, ocg, npos)
+    for t in prange(n_ * groups * nchunks * ntiles):
+        n, g, jt, ob0, ob1 = _task(t, ntiles, nchunks, chunk, nbg, groups)
+        p0, plen = tile_span(jt, n3, npos, lanes)
         base = (n * c_ + g * cg) * cstride + p0
-        # Whole vectors: positions past the tile are computed (never stored) where src has them.
-        vlen = min(JT, (plen + VEC - 1) // VEC * VEC, src.shape[0] - base - kmax)
-        vlen = max(vlen, plen)
-        acc = np.empty(OCB * JT, dtype=out.dtype)
-        _init_acc(acc, nrows, oc0, b, has_bias, vlen)
-        _microkernel(acc, nrows, w2, oc0, 0, k_, src, base, kofs, vlen)
-        _store(out, n, oc0, nrows, acc, p0, plen, wq, act, alpha)
+        tile = np.empty(MR * nr, dtype=out.dtype)
+        for ob in range(ob0, ob1):
+            microkernel(tile, ap, (g * nbg + ob) * k_ * MR, src, base, kofs, 0, k_, plen, 0)
+            _store(out, res, has_res, n, g * ocg + ob * MR, min(MR, ocg - ob * MR), tile, nr, p0,
+                   plen, wq, b, has_bias, act, alpha)
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,34 +179,35 @@ def _conv_grid(out, src, cstride, wq, cg, w2, b, has_bias, kofs, groups, act, al
 # --------------------------------------------------------------------------------------------
 
 @kernel
-def _conv_gather(out, x, w2, b, has_bias, groups, kh_, kw_, sh, sw, pt, pl, dh, dw, act, alpha):
-    """Implicit-GEMM conv that gathers KC taps x JT positions at a time into a local buffer.
+def _conv_gather(out, x, ap, nbg, chunk, groups, kh_, kw_, sh, sw, pt, pl, dh, dw, b, has_bias,
+                 res, has_res, act, alpha):
+    """Implicit-GEMM conv that gathers KC taps x one tile of positions at a time into a local
+    buffer, for shapes where the padded workspace would outgrow input + output.
 
-    Parameters
-    ----------
-    out : (N, OC, OH, OW) array, filled in place.
-    x : (N, C, H, W) array.
-    w2 : (OC, K) weights, K = C/groups * KH * KW.
+    Parameters as :func:`_conv_grid`, with x (N, C, H, W) read directly.
     """
     n_, c_, h, w = x.shape
     _, oc_, oh_, ow_ = out.shape
-    k_ = w2.shape[1]
     ocg = oc_ // groups
     cg = c_ // groups
     taps = kh_ * kw_
+    k_ = cg * taps
+    lanes = simd.width(ap)
+    nr = NVMAX * lanes
     npos = oh_ * ow_
-    njt = (npos + JT - 1) // JT
-    nob = (ocg + OCB - 1) // OCB
+    n3, n2 = split_tiles(npos, lanes)
+    ntiles = n3 + n2
+    nchunks = (nbg + chunk - 1) // chunk
     # Tap k of a chunk sits at row k % KC of the gather buffer.
     kofs = np.empty(k_, dtype=np.int64)
     for k in range(k_):
-        kofs[k] = (k % KC) * JT
+        kofs[k] = (k % KC) * nr
     zero = out.dtype.type(0)
-    for t in prange(n_ * groups * nob * njt):
-        n, g, oc0, nrows, p0, plen = _task(t, njt, nob, groups, ocg, npos)
-        acc = np.empty(OCB * JT, dtype=out.dtype)
-        _init_acc(acc, nrows, oc0, b, has_bias, plen)
-        buf = np.empty(KC * JT, dtype=out.dtype)
+    for t in prange(n_ * groups * nchunks * ntiles):
+        n, g, jt, ob0, ob1 = _task(t, ntiles, nchunks, chunk, nbg, groups)
+        p0, plen = tile_span(jt, n3, npos, lanes)
+        accs = np.empty((ob1 - ob0) * MR * nr, dtype=out.dtype)
+        buf = np.empty(KC * nr, dtype=out.dtype)
         for k0 in range(0, k_, KC):
             k1 = min(k_, k0 + KC)
             for k in range(k0, k1):
@@ -284,7 +215,7 @@ def _conv_gather(out, x, w2, b, has_bias, groups, kh_, kw_, sh, sw, pt, pl, dh, 
                 kh = (k - ic * taps) // kw_
                 kw = k - ic * taps - kh * kw_
                 xc = x[n, g * cg + ic]
-                row = buf[(k - k0) * JT:(k - k0 + 1) * JT]
+                row = buf[(k - k0) * nr:(k - k0 + 1) * nr]
                 for i in range(plen):
                     p = p0 + i
                     oh = p // ow_
@@ -294,21 +225,23 @@ def _conv_gather(out, x, w2, b, has_bias, groups, kh_, kw_, sh, sw, pt, pl, dh, 
                         row[i] = xc[ih, iw]
                     else:
                         row[i] = zero
-            _microkernel(acc, nrows, w2, oc0, k0, k1, buf, 0, kofs, plen)
-        _store(out, n, oc0, nrows, acc, p0, plen, ow_, act, alpha)
+            for ob in range(ob0, ob1):
+                tile = accs[(ob - ob0) * MR * nr:(ob - ob0 + 1) * MR * nr]
+                microkernel(tile, ap, (g * nbg + ob) * k_ * MR, buf, 0, kofs, k0, k1, plen,
+                             1 if k0 > 0 else 0)
+        for ob in range(ob0, ob1):
+            _store(out, res, has_res, n, g * ocg + ob * MR, min(MR, ocg - ob * MR),
+                   accs[(ob - ob0) * MR * nr:(ob - ob0 + 1) * MR * nr], nr, p0, plen, ow_, b,
+                   has_bias, act, alpha)
 
 
 # --------------------------------------------------------------------------------------------
 # Launcher
 # --------------------------------------------------------------------------------------------
 
-# Stand-in for a missing bias, one per dtype, so that b=None allocates nothing.
+# Stand-ins for a missing bias or residual, one per dtype, so that None allocates nothing.
 _NO_BIAS = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}
-
-# One reusable workspace per dtype; a call that finds it in use by another thread allocates its
-# own rather than wait.
-_WS_LOCK = threading.Lock()
-_WS = {}
+_NO_RES = {np.dtype(t): np.empty((0, 0, 0, 0), t) for t in (np.float32, np.float64)}
 
 
 @functools.lru_cache(maxsize=256)
@@ -342,14 +275,22 @@ def _algorithm(x, out, kh_, kw_, stride, padding, dilation):
     hq = -(-hp // sh)
     wq = -(-wp // sw)
     nplanes = len({(k * dh) % sh for k in range(kh_)}) * len({(k * dw) % sw for k in range(kw_)})
-    size = n_ * c_ * nplanes * hq * wq + VEC  # VEC: slack for the rounded-up last tile
+    size = n_ * c_ * nplanes * hq * wq
     if size > x.size + out.size:
         return "gather", 0, 0, 0
     return "workspace", hq, wq, size
 
 
-def conv2d(out, x, w, b, stride, padding, dilation, groups, act, alpha):
-    """2-D cross-correlation with bias and a fused activation, as torch's conv2d.
+def _chunk(tiles, nbg):
+    """Channel blocks per task: all of a group's, unless that leaves too few tasks to keep every
+    thread busy (batch 1, small images), then fewer."""
+    want = 4 * numba.get_num_threads()
+    nchunks = min(nbg, -(-want // max(tiles, 1)))
+    return -(-nbg // nchunks)
+
+
+def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha):
+    """2-D cross-correlation with bias, residual and a fused activation, as torch's conv2d.
 
     Parameters
     ----------
@@ -357,33 +298,38 @@ def conv2d(out, x, w, b, stride, padding, dilation, groups, act, alpha):
     x : (N, C, H, W) array.
     w : (OC, C // groups, KH, KW) array.
     b : (OC,) array or None.
+    residual : array shaped as out, or None; added after the bias, before the activation.
     stride, padding, dilation : (h, w) int tuples; padding is (top, left).
     groups : int.
-    act : numbaconv._ops.ACT_* code applied after the bias; alpha its parameter.
+    act : numbaconv._ops.ACT_* code applied last; alpha its parameter.
     """
     oc_, cg, kh_, kw_ = w.shape
-    w2 = w.reshape(oc_, cg * kh_ * kw_)
+    k_ = cg * kh_ * kw_
+    w2 = w.reshape(oc_, k_)
     has_bias = b is not None
-    if not has_bias:
-        b = _NO_BIAS[out.dtype]
+    b = b if has_bias else _NO_BIAS[out.dtype]
+    has_res = residual is not None
+    res = residual if has_res else _NO_RES[out.dtype]
     path, hq, wq, size = _algorithm(x, out, kh_, kw_, stride, padding, dilation)
     (sh, sw), (pt, pl), (dh, dw) = stride, padding, dilation
-    if path == "gather":
-        _conv_gather(out, x, w2, b, has_bias, groups, kh_, kw_, sh, sw, pt, pl, dh, dw, act, alpha)
-        return
-    rph, cph, kofs, cstride = _plan(cg, kh_, kw_, sh, sw, dh, dw, hq, wq)
-    if path == "inplace":
-        _conv_grid(out, x.reshape(-1), cstride, wq, cg, w2, b, has_bias, kofs, groups, act, alpha)
-        return
-    owned = _WS_LOCK.acquire(blocking=False)
-    try:
-        ws = _WS.get(out.dtype) if owned else None
-        if ws is None or ws.size < size:
-            ws = np.empty(size, out.dtype)
-            if owned:
-                _WS[out.dtype] = ws
-        _fill_workspace(ws, x, rph, cph, sh, sw, pt, pl, hq, wq)
-        _conv_grid(out, ws, cstride, wq, cg, w2, b, has_bias, kofs, groups, act, alpha)
-    finally:
-        if owned:
-            _WS_LOCK.release()
+    ocg = oc_ // groups
+    nbg = -(-ocg // MR)
+    lanes = simd.lanes_of(out.dtype)
+    npos = (out.shape[2] - 1) * wq + out.shape[3] if path != "gather" else out.shape[2] * out.shape[3]
+    tiles = x.shape[0] * groups * -(-npos // (NVMAX * lanes))
+    chunk = _chunk(tiles, nbg)
+    with WEIGHTS.transformed(w, ("panels", MR), groups * nbg * k_ * MR, out.dtype,
+                             lambda ap: pack(ap, w2, groups, nbg)) as ap:
+        if path == "gather":
+            _conv_gather(out, x, ap, nbg, chunk, groups, kh_, kw_, sh, sw, pt, pl, dh, dw, b,
+                         has_bias, res, has_res, act, alpha)
+            return
+        rph, cph, kofs, cstride = _plan(cg, kh_, kw_, sh, sw, dh, dw, hq, wq)
+        if path == "inplace":
+            _conv_grid(out, x.reshape(-1), cstride, wq, cg, ap, nbg, chunk, kofs, groups, b,
+                       has_bias, res, has_res, act, alpha)
+            return
+        with POOL.buffer(size, out.dtype) as ws:
+            _fill_workspace(ws, x, rph, cph, sh, sw, pt, pl, hq, wq)
+            _conv_grid(out, ws, cstride, wq, cg, ap, nbg, chunk, kofs, groups, b, has_bias, res,
+                       has_res, act, alpha)

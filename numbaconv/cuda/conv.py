@@ -22,15 +22,16 @@ cuda = _cuda.cuda()
 GEMM_MIN_OC = 16
 
 _SIG = ("void({T}[:, :, :, ::1], {T}[:, :, :, ::1], {T}[:, :, :, ::1], {T}[::1], "
-        "UniTuple(int64, 7), boolean, int64, float64)")
+        "{T}[:, :, :, ::1], UniTuple(int64, 7), boolean, boolean, int64, float64)")
 
 
 @_cuda.kernel(_SIG)
-def _conv2d_gemm(out, x, w, b, geom, has_bias, act, alpha):
+def _conv2d_gemm(out, x, w, b, res, geom, has_bias, has_res, act, alpha):
     """Implicit-GEMM convolution; grid (pixel tiles, channel tiles, groups), 256 threads.
 
     out (N, OC, OH, OW); x (N, C, H, W); w (OC, C/groups, KH, KW); b (OC,) read only when
-    ``has_bias``; geom = (stride h, stride w, pad top, pad left, dilation h, dilation w, groups);
+    ``has_bias``; res (shaped as out) added before the activation, read only when ``has_res``;
+    geom = (stride h, stride w, pad top, pad left, dilation h, dilation w, groups);
     act, alpha: the fused activation (numbaconv._ops codes).
     """
     n_, c_, h, w_ = x.shape
@@ -104,7 +105,7 @@ def _conv2d_gemm(out, x, w, b, geom, has_bias, act, alpha):
         tile_fma(a_s, b_s, acc, ty, tx)
         cuda.syncthreads()
 
-    # Epilogue: bias, activation, store.
+    # Epilogue: bias, residual, activation, store.
     for r in range(4):
         m = m0 + ty + 16 * r
         if m >= ocg:
@@ -117,11 +118,15 @@ def _conv2d_gemm(out, x, w, b, geom, has_bias, act, alpha):
                 n = p // ohw
                 rem = p - n * ohw
                 oh = rem // ow_
-                out[n, oc, oh, rem - oh * ow_] = apply_act(acc[4 * r + c] + bias, act, alpha)
+                ow = rem - oh * ow_
+                v = acc[4 * r + c] + bias
+                if has_res:
+                    v += res[n, oc, oh, ow]
+                out[n, oc, oh, ow] = apply_act(v, act, alpha)
 
 
 @_cuda.kernel(_SIG)
-def _conv2d_direct(out, x, w, b, geom, has_bias, act, alpha):
+def _conv2d_direct(out, x, w, b, res, geom, has_bias, has_res, act, alpha):
     """Direct convolution, one thread per output element (1-D grid over out in C order).
 
     Arguments as ``_conv2d_gemm``. Neighbouring threads share (n, oc) and read neighbouring
@@ -148,11 +153,13 @@ def _conv2d_direct(out, x, w, b, geom, has_bias, act, alpha):
                 iw = iw0 + j * dw
                 if iw >= 0 and iw < w_:
                     acc += x[n, c0 + c, ih, iw] * w[oc, c, i, j]
+    if has_res:
+        acc += res[n, oc, oh, ow]
     out[n, oc, oh, ow] = apply_act(acc, act, alpha)
 
 
-def conv2d(out, x, w, b, stride, padding, dilation, groups, act, alpha):
-    """2-D convolution with a fused bias and activation, filling ``out``.
+def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha):
+    """2-D convolution with a fused bias, residual and activation, filling ``out``.
 
     Parameters
     ----------
@@ -160,6 +167,7 @@ def conv2d(out, x, w, b, stride, padding, dilation, groups, act, alpha):
     x : (N, C, H, W) device array.
     w : (OC, C // groups, KH, KW) device array.
     b : (OC,) device array or None.
+    residual : device array shaped as out, or None; added after the bias, before ``act``.
     stride, padding, dilation : (h, w) int tuples; padding is top/left, the bottom/right padding
         is implied by out's shape.
     groups : int.
@@ -173,10 +181,13 @@ def conv2d(out, x, w, b, stride, padding, dilation, groups, act, alpha):
     has_bias = b is not None
     # Without a bias the weights, viewed flat, stand in for it (never read): no allocation.
     bias = b if has_bias else flat(w)
+    has_res = residual is not None
+    res = residual if has_res else out  # stands in, never read
     ocg = oc // groups
     if ocg >= GEMM_MIN_OC:
         grid = ((n * oh * ow + TN - 1) // TN, (ocg + TM - 1) // TM, groups)
-        _conv2d_gemm[grid, GEMM_THREADS](out, x, w, bias, geom, has_bias, int(act), float(alpha))
+        _conv2d_gemm[grid, GEMM_THREADS](out, x, w, bias, res, geom, has_bias, has_res, int(act),
+                                         float(alpha))
     else:
-        _conv2d_direct[blocks(out.size), THREADS](out, x, w, bias, geom, has_bias, int(act),
-                                                   float(alpha))
+        _conv2d_direct[blocks(out.size), THREADS](out, x, w, bias, res, geom, has_bias, has_res,
+                                                   int(act), float(alpha))

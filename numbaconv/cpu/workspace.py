@@ -1,0 +1,134 @@
+"""Reusable scratch memory for the CPU kernels: a buffer pool and a transformed-weight cache.
+
+The pool hands out flat buffers and takes them back, so steady-state calls allocate nothing;
+concurrent callers (threads) each get their own buffer. The weight cache keeps transformed
+weights (packed panels, Winograd filters) of tracked arrays (see :mod:`numbaconv._weights`),
+bounded by ``NUMBACONV_CACHE_MB`` (default 256) with least-recently-used eviction by bytes.
+"""
+
+import collections
+import contextlib
+import os
+import threading
+
+import numpy as np
+
+from numbaconv import _weights
+
+_ENV_MB = "NUMBACONV_CACHE_MB"
+
+
+def _cache_limit():
+    raw = os.environ.get(_ENV_MB, "").strip()
+    if not raw:
+        return 256 << 20
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if mb < 0:
+        raise ValueError(f"{_ENV_MB}={raw!r} is not valid; give a size in MiB (>= 0, 0 turns the "
+                         "weight cache off)")
+    return int(mb * (1 << 20))
+
+
+class _Pool:
+    """Free flat buffers per dtype. ``take`` returns the smallest free one that is big enough."""
+
+    def __init__(self, keep=8):
+        self._lock = threading.Lock()
+        self._free = collections.defaultdict(list)
+        self._keep = keep
+        self.allocations = 0
+
+    @contextlib.contextmanager
+    def buffer(self, size, dtype):
+        """A flat array of at least ``size`` elements of ``dtype``, for the ``with`` block."""
+        dtype = np.dtype(dtype)
+        with self._lock:
+            free = self._free[dtype]
+            fits = [i for i, b in enumerate(free) if b.size >= size]
+            buf = free.pop(min(fits, key=lambda i: free[i].size)) if fits else None
+        if buf is None:
+            buf = np.empty(max(size, 1), dtype)
+            self.allocations += 1
+        try:
+            yield buf
+        finally:
+            with self._lock:
+                free = self._free[dtype]
+                free.append(buf)
+                if len(free) > self._keep:  # drop the smallest: the big ones are the costly ones
+                    del free[min(range(len(free)), key=lambda i: free[i].size)]
+
+    def clear(self):
+        with self._lock:
+            self._free.clear()
+
+
+class _WeightCache:
+    """LRU (by bytes) cache of transformed weights, keyed on the array, its version and the kind
+    of transform. Only arrays tracked in :mod:`numbaconv._weights` are cached."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries = collections.OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.limit = _cache_limit()
+
+    @contextlib.contextmanager
+    def transformed(self, array, kind, size, dtype, fill):
+        """A flat buffer of ``size`` elements of ``dtype`` holding ``fill(buffer)``'s transform
+        of ``array``, for the ``with`` block: the cached one for a tracked array whose version
+        has not changed, else a pooled buffer filled now.
+
+        ``kind`` is a hashable description of the transform (layout, block sizes).
+        """
+        ver = _weights.version(array)
+        if ver is None or self.limit == 0:
+            with POOL.buffer(size, dtype) as buf:
+                fill(buf)
+                yield buf
+            return
+        serial, ver = ver
+        key = (serial, ver, array.__array_interface__["data"][0], array.shape, array.strides,
+               array.dtype.str, kind)
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
+        if value is None:
+            value = np.empty(size, dtype)
+            fill(value)
+            self._insert(key, value)
+        yield value
+
+    def _insert(self, key, value):
+        with self._lock:
+            # Older versions of the same array are dead weight: drop them first.
+            for k in [k for k in self._entries if k[0] == key[0] and k[1] != key[1]]:
+                self.bytes -= self._entries.pop(k).nbytes
+            if key not in self._entries and value.nbytes <= self.limit:
+                self._entries[key] = value
+                self.bytes += value.nbytes
+            while self.bytes > self.limit:
+                _, old = self._entries.popitem(last=False)
+                self.bytes -= old.nbytes
+
+    def clear(self):
+        with self._lock:
+            self._entries.clear()
+            self.bytes = 0
+
+    def stats(self):
+        return {"hits": self.hits, "misses": self.misses, "entries": len(self._entries),
+                "bytes": self.bytes, "limit_bytes": self.limit}
+
+
+POOL = _Pool()
+WEIGHTS = _WeightCache()
