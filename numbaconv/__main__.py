@@ -13,15 +13,41 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print versions, devices, threads, SIMD width and cache folder")
     bench = sub.add_parser(
-        "bench", help="time conv2d (ResNet-50, MobileNetV2, VGG-16 layers) and memory-bound "
-                      "ops next to PyTorch when installed; results are checked first")
+        "bench", help="time conv2d layers, memory-bound ops, ResNet-18 / MobileNetV2 inference "
+                      "and start-up next to PyTorch when installed; results are checked first",
+        description="Sections: conv (ResNet-50, MobileNetV2, VGG-16 layers; GFLOP/s next to "
+                    "PyTorch and the sgemm ceiling), scaling (dense conv at 1 thread vs all), "
+                    "elementwise (pooling, activations, batch_norm; GB/s vs a measured copy), "
+                    "e2e (ResNet-18, MobileNetV2 inference vs PyTorch eager), startup (first "
+                    "call with a warm cache, ResNet-18 compile with an empty one). Results go to "
+                    "<out>/<device>.json, .md and .png (<device>-quick.* with --quick), merged "
+                    "row by row with an earlier run on the same machine unless --fresh.")
     bench.add_argument("--quick", action="store_true",
-                       help="ResNet-50 3x3 and 1x1 layers at batch 1 only (about a minute)")
+                       help="a few layers of each kind at batch 1, small elementwise tensors, "
+                            "networks at batch 1, no empty-cache compile (under two minutes)")
+    bench.add_argument("--only", nargs="+", choices=("conv", "scaling", "elementwise", "e2e",
+                                                     "startup"),
+                       help="run only these sections (default: all)")
     bench.add_argument("--sets", nargs="+", choices=("resnet50", "mobilenetv2", "vgg16"),
-                       help="layer sets for the full run (default: all)")
-    bench.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: 1 32)")
-    bench.add_argument("--out", help="folder for the JSON and Markdown results "
+                       help="conv layer sets (default: all)")
+    bench.add_argument("--batches", "--batch", dest="batches", type=int, nargs="+",
+                       help="batch sizes for conv and e2e (default: 1 32; --quick: 1); "
+                            "scaling uses the smallest")
+    bench.add_argument("--nets", nargs="+", choices=("resnet18", "mobilenetv2"),
+                       help="networks for e2e (default: both)")
+    bench.add_argument("--elementwise-shape", type=int, nargs=4, metavar=("N", "C", "H", "W"),
+                       help="tensor shape of the memory-bound ops (default 32 64 56 56; "
+                            "--quick: 4 64 56 56)")
+    bench.add_argument("--budget", type=float,
+                       help="seconds of timing per function and measurement (default 0.5; "
+                            "--quick: 0.2)")
+    bench.add_argument("--untracked-weights", action="store_true",
+                       help="conv layers: weights not vouched for, so packed on every call "
+                            "(as PyTorch eager does) instead of cached as a layer's are")
+    bench.add_argument("--out", help="folder for the results "
                                      "(default: bench/results when it exists here)")
+    bench.add_argument("--fresh", action="store_true",
+                       help="overwrite the results file instead of merging into it")
     bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     args = parser.parse_args(argv)
 
@@ -37,8 +63,11 @@ def main(argv=None):
         from numbaconv import bench as _bench
 
         out = args.out or ("bench/results" if os.path.isdir("bench/results") else None)
-        _bench.main(quick=args.quick, sets=args.sets, batches=args.batch, out_dir=out,
-                    with_torch=not args.no_torch)
+        _bench.main(quick=args.quick, sets=args.sets, batches=args.batches, only=args.only,
+                    nets=args.nets, elementwise_shape=args.elementwise_shape, out_dir=out,
+                    with_torch=not args.no_torch, merge=not args.fresh,
+                    tracked=not args.untracked_weights, budget=args.budget,
+                    argv_text=" ".join(argv if argv is not None else sys.argv[1:]))
     return 0
 
 

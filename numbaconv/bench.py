@@ -1,22 +1,61 @@
-"""Benchmarks: numbaconv next to PyTorch (when installed) and the machine's sgemm ceiling.
+"""Benchmarks: numbaconv next to PyTorch (when installed) and the machine's own ceilings.
 
-Run with ``python -m numbaconv bench [--quick]``. Every timed result is first checked against an
-independent float64 computation of sampled output elements, so a fast wrong kernel cannot
-report a number. The layer shapes live here (not only in ``bench/``) so that the command works
-from an installed package; ``bench/shapes.py`` re-exports them.
+Run with ``python -m numbaconv bench [--quick] [--only SECTION ...]``. Sections:
+
+conv         conv2d on the ResNet-50, MobileNetV2 and VGG-16 layer sets (GFLOP/s), next to
+             PyTorch (oneDNN on CPU) and the machine's measured sgemm ceiling (the better of
+             NumPy's BLAS and torch.mm).
+scaling      dense conv2d at 1 thread and at all threads (``numba.set_num_threads``; PyTorch's
+             ``torch.set_num_threads`` likewise).
+elementwise  every pooling op, every activation and batch_norm in GB/s (bytes read + written),
+             as a share of a measured bandwidth ceiling: a Numba parallel copy of the same size.
+e2e          ResNet-18 and MobileNetV2 inference as sequences of functional calls (BatchNorm
+             folded into the convs, activations and residual adds fused), next to the same
+             network in PyTorch eager (``torch.nn`` modules with BatchNorm, eval, no_grad).
+startup      in fresh processes: ``import numbaconv`` and the first conv2d call with the on-disk
+             cache warm; a ResNet-18 forward with an empty cache (``NUMBA_CACHE_DIR`` set to a new
+             folder), compile included.
+
+Every timed result is first checked (conv: sampled outputs against a float64 direct sum;
+memory-bound ops: a float64 NumPy reference; networks: PyTorch's logits), so a fast wrong kernel
+cannot report a number; a failed check raises :class:`BenchCheckError`. Timed functions run in
+alternating rounds (numbaconv, PyTorch, numbaconv, ...) so that load from other processes hits
+both alike; the reported time is the best round, the median is kept too.
+
+The layer shapes live here (not only in ``bench/``) so that the command works from an installed
+package; ``bench/shapes.py`` re-exports them.
 """
 
-import json
 import os
-import platform
-import time
 
-import numpy as np
+# PyTorch's OpenMP workers spin after each call and steal the cores Numba's threads need; a
+# passive wait policy keeps the side-by-side timing fair. It must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from numbaconv import device as _device
-from numbaconv import functional as F
+import contextlib  # noqa: E402
+import datetime  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import prange  # noqa: E402
+
+from numbaconv import device as _device  # noqa: E402
+from numbaconv import functional as F  # noqa: E402
+from numbaconv._benchnets import (NETS, _track, fold_batchnorm, network_forward,  # noqa: E402
+                                  network_program, network_weights, torch_net)
 
 # (name, C, OC, H=W, kernel, stride, padding, groups) per layer; batch is chosen by the run.
+# A name starts with its set's name.
 RESNET50 = [
     ("resnet50.stem7x7s2", 3, 64, 224, 7, 2, 3, 1),
     ("resnet50.3x3.56", 64, 64, 56, 3, 1, 1, 1),
@@ -52,8 +91,161 @@ VGG16 = [
     ("vgg16.3x3.14.512", 512, 512, 14, 3, 1, 1, 1),
 ]
 SETS = {"resnet50": RESNET50, "mobilenetv2": MOBILENETV2, "vgg16": VGG16}
-QUICK = [layer for layer in RESNET50 if ".3x3." in layer[0] or ".1x1." in layer[0]][:8]
+# A few layers of every kind (3x3, strided 3x3, 1x1, VGG 3x3, depthwise) for ``--quick``.
+_QUICK_NAMES = ("resnet50.3x3.56", "resnet50.3x3.14", "resnet50.3x3s2.28",
+                "resnet50.1x1.56.256-64", "resnet50.1x1.14.1024-256", "vgg16.3x3.28.512",
+                "mobilenetv2.dw3x3.56.144", "mobilenetv2.dw3x3.14.576")
+QUICK = [layer for s in SETS.values() for layer in s if layer[0] in _QUICK_NAMES]
+SECTIONS = ("conv", "scaling", "elementwise", "e2e", "startup")
 
+CONV_RTOL = 1e-5  # sampled conv outputs, relative to |patch| * |filter| (float32)
+ELEMENTWISE_TOL = 1e-5  # |y - ref| / max(1, |ref|), float32
+E2E_RTOL = 1e-3  # max |logits - torch logits| / max |torch logits|
+ALLOC_SLACK = 16 << 10  # Python objects of one call; more than this counts as an allocation
+
+TARGETS = {"dense": 1.0, "depthwise": 2.0, "e2e": 1.0, "bandwidth_pct": 80.0, "scaling": 1.8,
+           "first_call_s": 0.5, "cold_resnet18_s": 60.0}
+
+
+class BenchCheckError(AssertionError):
+    """A benchmarked result differs from its reference: no timing is reported for it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing, machine, ceilings
+# ---------------------------------------------------------------------------------------------
+
+def _time_rounds(fns, budget=0.5, min_runs=3, max_runs=50):
+    """Time each of ``fns`` ({label: callable}) in alternating rounds after one warm-up call each.
+
+    Stops after ``min_runs`` rounds once ``budget`` seconds per function have passed. Returns
+    {label: {"best_ms", "median_ms", "runs"}}.
+    """
+    for fn in fns.values():
+        fn()
+    times = {label: [] for label in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_runs or (time.perf_counter() - start < budget * len(fns)
+                                and rounds < max_runs):
+        for label, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - t0)
+        rounds += 1
+    return {label: {"best_ms": 1e3 * min(t), "median_ms": 1e3 * float(np.median(t)),
+                    "runs": len(t)} for label, t in times.items()}
+
+
+def _torch():
+    """torch, or None when it is not installed."""
+    if "torch" not in sys.modules and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        print("note: OMP_WAIT_POLICY is not PASSIVE; PyTorch's spinning threads will slow "
+              "numbaconv in the same process")
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+@contextlib.contextmanager
+def _threads(n, torch=None):
+    """Run the block with ``n`` Numba threads (and ``n`` PyTorch threads)."""
+    old = numba.get_num_threads()
+    old_t = torch.get_num_threads() if torch is not None else None
+    numba.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
+        if torch is not None:
+            torch.set_num_threads(old_t)
+
+
+def sgemm_ceiling(size=1024, budget=0.5, torch=None):
+    """GFLOP/s of a float32 square matmul: the machine's ceiling for conv.
+
+    Returns {"numpy": GFLOP/s of NumPy's BLAS, "torch": of torch.mm (when given), "best": the
+    higher}. Multithreaded BLAS loses much of its speed when another process takes a core, so
+    the two are timed in the same rounds and the better one is the ceiling.
+    """
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    fns = {"numpy": lambda: a @ a}
+    if torch is not None:
+        ta = torch.from_numpy(a)
+        fns["torch"] = lambda: torch.mm(ta, ta)
+    timed = _time_rounds(fns, budget)
+    res = {label: 2.0 * size ** 3 / t["best_ms"] / 1e6 for label, t in timed.items()}
+    res["best"] = max(res.values())
+    return res
+
+
+def _git_commit():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                             capture_output=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, text=True, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if rev.returncode != 0:
+        return None
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def machine(torch=None):
+    """CPU model, cores, threads, SIMD lanes and versions of the machine running the benchmark."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    import llvmlite
+    import llvmlite.binding as llvm
+
+    import numbaconv
+
+    info = {"cpu": cpu, "llvm_host_cpu": llvm.get_host_cpu_name(),
+            "isa": [f for f in ("avx512f", "avx2", "fma", "neon", "asimd") if f in flags],
+            "cores": os.cpu_count(), "threads": numba.get_num_threads(),
+            "simd_lanes_f32": _device.simd_width(), "python": platform.python_version(),
+            "numbaconv": numbaconv.__version__, "numba": numba.__version__,
+            "llvmlite": llvmlite.__version__, "numpy": np.__version__, "commit": _git_commit()}
+    if torch is not None:
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    if _device.get_device() == "cuda":
+        from numbaconv import _cuda
+
+        info["gpu"] = _cuda.device_name()
+    return info
+
+
+def _sync_for(dev):
+    if dev == "cuda":
+        from numbaconv import _cuda
+
+        return _cuda.synchronize
+    return lambda: None
+
+
+def _geomean(values):
+    values = [v for v in values if v is not None]
+    return float(np.exp(np.mean(np.log(values)))) if values else None
+
+
+# ---------------------------------------------------------------------------------------------
+# conv2d layers
+# ---------------------------------------------------------------------------------------------
 
 def conv_flops(n, c, oc, oh, ow, k, groups):
     """Multiply-adds counted as 2 FLOPs, as everyone reports conv speed."""
@@ -79,212 +271,855 @@ def _sample_check(out, x, w, stride, pad, groups, rng, samples=64):
     return err
 
 
-def _timeit(fn, sync, budget=0.5, min_runs=3, max_runs=50):
-    """Median seconds per call after one warm-up call (JIT compile, caches)."""
-    fn()
-    sync()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_runs or (time.perf_counter() - start < budget and len(times) < max_runs):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def _torch():
-    # torch's OpenMP workers spin after each call and steal the cores numba's threads need;
-    # a passive wait policy (set before torch loads) keeps the side-by-side timing fair.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def _steady_alloc(fn):
+    """Bytes NumPy allocates during one more call of ``fn`` beyond what it returns (tracemalloc:
+    arrays allocated inside Numba kernels are not seen)."""
+    was = tracemalloc.is_tracing()
+    if not was:
+        tracemalloc.start()
     try:
-        import torch
-    except ImportError:
-        return None
-    return torch
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        y = fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        if not was:
+            tracemalloc.stop()
+    return max(0, peak - base - getattr(y, "nbytes", 0))
 
 
-def sgemm_ceiling(size=1024):
-    """GFLOP/s of the host BLAS (NumPy's) on a float32 square matmul: the machine's ceiling."""
-    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-    t = _timeit(lambda: a @ a, lambda: None, budget=0.5)
-    return 2.0 * size ** 3 / t / 1e9
+def layer_kind(layer):
+    """'dense', 'depthwise' or 'grouped' for a layer tuple."""
+    _, c, oc, _, _, _, _, g = layer
+    if g == 1:
+        return "dense"
+    return "depthwise" if g == c == oc else "grouped"
 
 
-def machine():
-    """A short description of the machine that ran the benchmark."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import numba
+def run_conv(layers, batch, dtype=np.float32, with_torch=True, budget=0.5, tracked=True,
+             progress=print):
+    """Check, then time conv2d on ``layers`` at ``batch`` on the current device; return rows.
 
-    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": numba.get_num_threads(),
-            "simd_lanes_f32": _device.simd_width(), "python": platform.python_version(),
-            "numba": numba.__version__, "numpy": np.__version__}
-    if _device.get_device() == "cuda":
-        from numbaconv import _cuda
-
-        info["gpu"] = _cuda.device_name()
-    return info
-
-
-def run_conv(layers, batch, dtype=np.float32, with_torch=True, progress=print):
-    """Time conv2d on ``layers`` at ``batch`` on the current device; return result rows."""
+    ``tracked`` vouches for the weights as a layer does, so their packed form is cached across
+    calls (PyTorch eager reorders its weights on every call).
+    """
     dev = _device.get_device()
     torch = _torch() if with_torch else None
-    sync = (lambda: None)
-    if dev == "cuda":
-        from numbaconv import _cuda
-
-        sync = _cuda.synchronize
+    sync = _sync_for(dev)
     rng = np.random.default_rng(0)
     rows = []
-    for name, c, oc, hw, k, s, p, g in layers:
+    for layer in layers:
+        name, c, oc, hw, k, s, p, g = layer
         x = rng.standard_normal((batch, c, hw, hw)).astype(dtype)
         w = (rng.standard_normal((oc, c // g, k, k)) / np.sqrt(c // g * k * k)).astype(dtype)
         xd, wd = _device.to_device(x, dev), _device.to_device(w, dev)
+        if tracked and dev == "cpu":
+            _track(wd)
         out = F.conv2d(xd, wd, stride=s, padding=p, groups=g)
         err = _sample_check(out, x, w, s, p, g, rng)
-        tol = 1e-5 if dtype == np.float32 else 1e-12
+        tol = CONV_RTOL if dtype == np.float32 else 1e-12
         if not err < tol:
-            raise AssertionError(f"{name}: conv2d result differs from the float64 reference "
-                                 f"(relative error {err:.2e} > {tol:.0e})")
+            raise BenchCheckError(f"{name}: conv2d result differs from the float64 reference "
+                                  f"(relative error {err:.2e} > {tol:.0e}); not timed")
         oh = out.shape[2]
         flops = conv_flops(batch, c, oc, oh, oh, k, g)
-        t = _timeit(lambda: F.conv2d(xd, wd, stride=s, padding=p, groups=g), sync)
-        row = {"layer": name, "batch": batch, "dtype": np.dtype(dtype).name, "device": dev,
-               "numbaconv_ms": t * 1e3, "numbaconv_gflops": flops / t / 1e9, "max_rel_err": err}
+
+        def nc_call():
+            y = F.conv2d(xd, wd, stride=s, padding=p, groups=g)
+            sync()
+            return y
+
+        fns = {"numbaconv": nc_call}
         if torch is not None:
-            row.update(_torch_conv(torch, dev, x, w, s, p, g, flops))
+            fns.update(_torch_conv_fns(torch, dev, x, w, s, p, g))
+        timed = _time_rounds(fns, budget)
+        row = {"layer": name, "set": name.split(".")[0], "kind": layer_kind(layer),
+               "batch": batch, "dtype": np.dtype(dtype).name, "device": dev,
+               "threads": numba.get_num_threads(), "weights": "tracked" if tracked else "untracked",
+               "gflop": flops / 1e9, "max_rel_err": err}
+        for label, t in timed.items():
+            row[f"{label}_ms"] = t["best_ms"]
+            row[f"{label}_median_ms"] = t["median_ms"]
+            row[f"{label}_gflops"] = flops / t["best_ms"] / 1e6
+        row["runs"] = timed["numbaconv"]["runs"]
+        if dev == "cpu":
+            row["steady_alloc_bytes"] = _steady_alloc(nc_call)
+            row["input_output_bytes"] = x.nbytes + out.nbytes
         rows.append(row)
         progress(_format_row(row))
     return rows
 
 
-def _torch_conv(torch, dev, x, w, s, p, g, flops):
-    import numba
-
-    torch.set_num_threads(numba.get_num_threads())
+def _torch_conv_fns(torch, dev, x, w, s, p, g):
     tdev = "cuda" if dev == "cuda" else "cpu"
     tx, tw = torch.from_numpy(x).to(tdev), torch.from_numpy(w).to(tdev)
-    sync = torch.cuda.synchronize if tdev == "cuda" else (lambda: None)
-    res = {}
-    modes = [("torch", False)] if tdev == "cpu" else [("cudnn", False), ("cudnn_tf32", True)]
-    for label, tf32 in modes:
-        if tdev == "cuda":
+    conv = torch.nn.functional.conv2d
+    if tdev == "cpu":
+        def call():
+            with torch.no_grad():
+                return conv(tx, tw, stride=s, padding=p, groups=g)
+        return {"torch": call}
+
+    def cudnn(tf32):
+        def call():
             torch.backends.cudnn.allow_tf32 = tf32
-        with torch.no_grad():
-            t = _timeit(lambda: torch.nn.functional.conv2d(tx, tw, stride=s, padding=p, groups=g),
-                        sync)
-        res[f"{label}_ms"] = t * 1e3
-        res[f"{label}_gflops"] = flops / t / 1e9
-    return res
+            with torch.no_grad():
+                y = conv(tx, tw, stride=s, padding=p, groups=g)
+            torch.cuda.synchronize()
+            return y
+        return call
+    return {"cudnn": cudnn(False), "cudnn_tf32": cudnn(True)}
+
+
+def _peer(row):
+    return next((p for p in ("torch", "cudnn") if f"{p}_ms" in row), None)
 
 
 def _format_row(row):
-    line = (f"{row['layer']:<30} b={row['batch']:<3} {row['numbaconv_gflops']:8.1f} GFLOP/s "
+    line = (f"{row['layer']:<30} b={row['batch']:<3} {row['numbaconv_gflops']:7.1f} GFLOP/s "
             f"({row['numbaconv_ms']:8.2f} ms)")
     for label in ("torch", "cudnn", "cudnn_tf32"):
         if f"{label}_gflops" in row:
             ratio = row[f"{label}_ms"] / row["numbaconv_ms"]
-            line += f" | {label} {row[f'{label}_gflops']:8.1f} GFLOP/s, {label}/nc time {ratio:5.2f}"
+            line += f" | {label} {row[f'{label}_gflops']:7.1f} GFLOP/s, {label}/nc {ratio:5.2f}"
     return line
 
 
-def run_elementwise(shape=(8, 64, 56, 56), dtype=np.float32, progress=print):
-    """GB/s of the memory-bound ops (activation, pooling, batch_norm) on the current device."""
-    dev = _device.get_device()
-    sync = (lambda: None)
-    if dev == "cuda":
-        from numbaconv import _cuda
+# ---------------------------------------------------------------------------------------------
+# Thread scaling
+# ---------------------------------------------------------------------------------------------
 
-        sync = _cuda.synchronize
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal(shape).astype(dtype)
-    c = shape[1]
-    mean, var = rng.standard_normal(c).astype(dtype), rng.random(c).astype(dtype) + 0.5
-    xd = _device.to_device(x, dev)
-    md, vd = _device.to_device(mean, dev), _device.to_device(var, dev)
-    nbytes = x.nbytes
-    ops = [
-        ("relu", lambda: F.relu(xd), 2 * nbytes,
-         lambda y: np.maximum(x.astype(np.float64), 0)),
-        ("batch_norm", lambda: F.batch_norm(xd, md, vd), 2 * nbytes,
-         lambda y: (x - mean[None, :, None, None].astype(np.float64))
-         / np.sqrt(var[None, :, None, None].astype(np.float64) + 1e-5)),
-        ("max_pool2d 3x3 s2", lambda: F.max_pool2d(xd, 3, 2, 1), nbytes * 5 // 4,
-         None),
-    ]
+def _time_thread_rounds(fns, counts, torch, budget, min_runs=3, max_runs=30):
+    """Best seconds of each of ``fns`` at each thread count in ``counts``, in rounds that visit
+    every count, so that load from other processes hits all alike; the thread count is switched
+    outside the timed calls. Returns {count: {label: best ms}}."""
+    times = {n: {label: [] for label in fns} for n in counts}
+    for n in counts:
+        with _threads(n, torch):
+            for fn in fns.values():
+                fn()
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_runs or (time.perf_counter() - start < budget * len(fns) * len(counts)
+                                and rounds < max_runs):
+        for n in counts:
+            with _threads(n, torch):
+                for label, fn in fns.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[n][label].append(time.perf_counter() - t0)
+        rounds += 1
+    return {n: {label: 1e3 * min(t) for label, t in per.items()} for n, per in times.items()}
+
+
+def run_scaling(layers, batch, with_torch=True, budget=0.5, progress=print):
+    """Dense conv2d time at 1 thread over time at all threads, numbaconv and PyTorch (CPU)."""
+    torch = _torch() if with_torch else None
+    nmax = numba.get_num_threads()
+    rng = np.random.default_rng(2)
     rows = []
-    for name, fn, moved, ref in ops:
-        y = _device.to_numpy(fn())
-        if ref is not None:
-            err = float(np.max(np.abs(y - ref(y))))
-            if not err < 1e-4:
-                raise AssertionError(f"{name}: differs from the float64 reference by {err:.2e}")
-        t = _timeit(fn, sync)
-        row = {"op": name, "shape": list(shape), "device": dev, "ms": t * 1e3,
-               "gbytes_per_s": moved / t / 1e9}
+    for name, c, oc, hw, k, s, p, g in layers:
+        x = rng.standard_normal((batch, c, hw, hw)).astype(np.float32)
+        w = _track((rng.standard_normal((oc, c // g, k, k)) / np.sqrt(c * k * k / g))
+                   .astype(np.float32))
+
+        def nc_call():
+            return F.conv2d(x, w, stride=s, padding=p, groups=g)
+
+        fns = {"numbaconv": nc_call}
+        if torch is not None:
+            fns.update(_torch_conv_fns(torch, "cpu", x, w, s, p, g))
+        per = _time_thread_rounds(fns, (1, nmax), torch, budget)
+        row = {"layer": name, "batch": batch, "threads": nmax}
+        for label in fns:
+            row[f"{label}_1t_ms"] = per[1][label]
+            row[f"{label}_{nmax}t_ms"] = per[nmax][label]
+            row[f"{label}_speedup"] = per[1][label] / per[nmax][label]
         rows.append(row)
-        progress(f"{name:<30} {row['gbytes_per_s']:8.1f} GB/s ({row['ms']:.2f} ms)")
+        progress(f"{name:<30} b={batch:<3} {nmax} threads vs 1: numbaconv "
+                 f"{row['numbaconv_speedup']:.2f}x"
+                 + (f", torch {row['torch_speedup']:.2f}x" if "torch_speedup" in row else ""))
     return rows
 
 
-def write_results(result, out_dir, stem):
-    """Write ``result`` as JSON and a Markdown table under ``out_dir``."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, stem + ".json"), "w") as f:
-        json.dump(result, f, indent=1)
-    lines = [f"# {stem}", "", f"Machine: {json.dumps(result['machine'])}", "",
-             f"sgemm ceiling (NumPy BLAS, float32): {result['sgemm_gflops']:.1f} GFLOP/s", "",
-             "| layer | batch | numbaconv GFLOP/s | peer GFLOP/s | peer time / numbaconv time |",
-             "| --- | --- | --- | --- | --- |"]
-    for row in result["conv"]:
-        peer = next((p for p in ("torch", "cudnn") if f"{p}_gflops" in row), None)
-        peer_g = f"{row[peer + '_gflops']:.1f} ({peer})" if peer else "-"
-        ratio = f"{row[peer + '_ms'] / row['numbaconv_ms']:.2f}" if peer else "-"
-        lines.append(f"| {row['layer']} | {row['batch']} | {row['numbaconv_gflops']:.1f} | "
-                     f"{peer_g} | {ratio} |")
-    if result.get("memory_bound"):
-        lines += ["", "| op | GB/s |", "| --- | --- |"]
-        lines += [f"| {r['op']} | {r['gbytes_per_s']:.1f} |" for r in result["memory_bound"]]
-    with open(os.path.join(out_dir, stem + ".md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+# ---------------------------------------------------------------------------------------------
+# Memory-bound ops
+# ---------------------------------------------------------------------------------------------
+
+COPY_CHUNK = 65536  # float32 elements per parallel task of the copy
 
 
-def main(quick=False, sets=None, batches=None, out_dir=None, with_torch=True):
-    """Run the benchmark, print a table and (with ``out_dir``) save it."""
-    dev = _device.get_device()
-    print(f"numbaconv bench on {dev}; every result is checked against a float64 reference")
-    if quick:
-        layers, batches = QUICK, batches or [1]
+@numba.njit(parallel=True, cache=True)
+def _copy_kernel(dst, src, chunk):
+    """dst[:] = src[:] for 1-D arrays, in tasks of ``chunk`` elements across threads."""
+    n = src.shape[0]
+    for t in prange((n + chunk - 1) // chunk):
+        lo = t * chunk
+        hi = min(n, lo + chunk)
+        # Slices indexed from 0: LLVM knows the index is non-negative and vectorises the loop
+        # (indexing src[i] from lo leaves a negative-index select in it, and half the speed).
+        d = dst[lo:hi]
+        s = src[lo:hi]
+        for i in range(hi - lo):
+            d[i] = s[i]
+
+
+def _copy_fn(nbytes):
+    """A checked call of the Numba parallel copy of ``nbytes`` bytes, and the bytes it moves."""
+    n = max(1, nbytes // 4)
+    src = np.random.default_rng(3).standard_normal(n).astype(np.float32)
+    dst = np.empty_like(src)
+    _copy_kernel(dst, src, COPY_CHUNK)
+    if not np.array_equal(dst, src):
+        raise BenchCheckError("bandwidth ceiling: the copy kernel did not copy")
+    return (lambda: _copy_kernel(dst, src, COPY_CHUNK)), 2 * src.nbytes
+
+
+def bandwidth_ceiling(nbytes, budget=0.5):
+    """GB/s (bytes read + written) of a Numba parallel copy of ``nbytes`` bytes of float32."""
+    fn, moved = _copy_fn(nbytes)
+    return moved / _time_rounds({"copy": fn}, budget)["copy"]["best_ms"] / 1e6
+
+
+def _pool_windows(x, k, s, p, fill):
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=fill)
+    return np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+
+
+def _adaptive_max_ref(x, o):
+    h, w = x.shape[2:]
+    out = np.empty(x.shape[:2] + (o, o))
+    for i in range(o):
+        for j in range(o):
+            hs, he = (i * h) // o, -(-((i + 1) * h) // o)
+            ws, we = (j * w) // o, -(-((j + 1) * w) // o)
+            out[:, :, i, j] = x[:, :, hs:he, ws:we].max(axis=(2, 3))
+    return out
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+_C = math.sqrt(2.0 / math.pi)
+
+# name, functional call, torch.nn.functional call, float64 reference (on the sampled inputs for
+# activations, on the whole tensor otherwise), elementwise?
+_ELEMENTWISE = [
+    ("relu", lambda F, a: F.relu(a["x"]), lambda x: np.maximum(x, 0.0), True),
+    ("relu6", lambda F, a: F.relu6(a["x"]), lambda x: np.clip(x, 0.0, 6.0), True),
+    ("leaky_relu", lambda F, a: F.leaky_relu(a["x"], 0.01),
+     lambda x: np.where(x > 0, x, 0.01 * x), True),
+    ("sigmoid", lambda F, a: F.sigmoid(a["x"]), lambda x: 1.0 / (1.0 + np.exp(-x)), True),
+    ("tanh", lambda F, a: F.tanh(a["x"]), np.tanh, True),
+    ("silu", lambda F, a: F.silu(a["x"]), lambda x: x / (1.0 + np.exp(-x)), True),
+    ("gelu", lambda F, a: F.gelu(a["x"]), lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+     True),
+    ("gelu_tanh", lambda F, a: F.gelu(a["x"], approximate="tanh"),
+     lambda x: 0.5 * x * (1.0 + np.tanh(_C * (x + 0.044715 * x ** 3))), True),
+    ("hardswish", lambda F, a: F.hardswish(a["x"]),
+     lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0, True),
+    ("batch_norm", lambda F, a: F.batch_norm(a["x"], a["mean"], a["var"], a["gamma"], a["beta"]),
+     None, False),
+    ("max_pool2d 3x3 s2 p1", lambda F, a: F.max_pool2d(a["x"], 3, 2, 1),
+     lambda x: _pool_windows(x, 3, 2, 1, -np.inf).max(axis=(-2, -1)), False),
+    ("avg_pool2d 3x3 s2 p1", lambda F, a: F.avg_pool2d(a["x"], 3, 2, 1),
+     lambda x: _pool_windows(x, 3, 2, 1, 0.0).mean(axis=(-2, -1)), False),
+    ("adaptive_avg_pool2d 1", lambda F, a: F.adaptive_avg_pool2d(a["x"], 1),
+     lambda x: x.mean(axis=(2, 3), keepdims=True), False),
+    ("adaptive_max_pool2d 7", lambda F, a: F.adaptive_max_pool2d(a["x"], 7),
+     lambda x: _adaptive_max_ref(x, 7), False),
+]
+
+
+def _elementwise_error(name, y, x64, ref, sampled, args, rng):
+    if name == "batch_norm":
+        sh = (1, -1, 1, 1)
+        ref_y = ((x64 - args["mean"].reshape(sh)) / np.sqrt(args["var"].reshape(sh) + 1e-5)
+                 * args["gamma"].reshape(sh) + args["beta"].reshape(sh))
+        got = y
+    elif sampled:
+        idx = rng.integers(0, x64.size, 8192)
+        ref_y, got = ref(x64.reshape(-1)[idx]), y.reshape(-1)[idx]
     else:
-        layers = [layer for s in (sets or list(SETS)) for layer in SETS[s]]
-        batches = batches or [1, 32]
-    result = {"machine": machine(), "device": dev, "sgemm_gflops": sgemm_ceiling(),
-              "conv": [], "memory_bound": []}
-    print(f"sgemm ceiling (NumPy BLAS, float32): {result['sgemm_gflops']:.1f} GFLOP/s")
+        ref_y, got = ref(x64), y
+    if got.shape != ref_y.shape:
+        return math.inf
+    return float(np.max(np.abs(got - ref_y) / np.maximum(1.0, np.abs(ref_y))))
+
+
+def run_elementwise(shape=(32, 64, 56, 56), dtype=np.float32, with_torch=True, budget=0.5,
+                    ops=None, progress=print):
+    """Check, then time the memory-bound ops (every activation, pooling op, batch_norm) on
+    ``shape``: GB/s of bytes read + written, and the share of a copy's GB/s at that size.
+
+    Returns (rows, best copy GB/s seen); the ceiling is None off the CPU.
+    """
+    dev = _device.get_device()
+    torch = _torch() if with_torch else None
+    sync = _sync_for(dev)
+    rng = np.random.default_rng(1)
+    c = shape[1]
+    # Spread over [-9, 9] or so, so that relu6 / hardswish clip and sigmoid saturates somewhere.
+    host = {"x": (3.0 * rng.standard_normal(shape)).astype(dtype),
+            "mean": (0.1 * rng.standard_normal(c)).astype(dtype),
+            "var": (rng.random(c) + 0.5).astype(dtype),
+            "gamma": (rng.random(c) + 0.5).astype(dtype),
+            "beta": (0.1 * rng.standard_normal(c)).astype(dtype)}
+    args = {k: _device.to_device(v, dev) for k, v in host.items()}
+    x64 = host["x"].astype(np.float64)
+    # The copy runs in the rounds of every op, so that it sees the load the ops see.
+    copy, copy_bytes = _copy_fn(host["x"].nbytes) if dev == "cpu" else (None, 0)
+    ceiling = None
+    targs = ({k: torch.from_numpy(v).to("cuda" if dev == "cuda" else "cpu")
+              for k, v in host.items()} if torch is not None else None)
+    rows = []
+    for name, call, ref, sampled in _ELEMENTWISE:
+        if ops is not None and name.split()[0] not in ops and name not in ops:
+            continue
+        y = _device.to_numpy(call(F, args))
+        err = _elementwise_error(name, y.astype(np.float64), x64, ref, sampled,
+                                 {k: v.astype(np.float64) for k, v in host.items()}, rng)
+        if not err < ELEMENTWISE_TOL:
+            raise BenchCheckError(f"{name}: differs from the float64 reference by {err:.2e} "
+                                  f"(> {ELEMENTWISE_TOL:.0e}); not timed")
+        moved = host["x"].nbytes + y.nbytes
+
+        def nc_call(call=call):
+            r = call(F, args)
+            sync()
+            return r
+
+        fns = {"numbaconv": nc_call}
+        if torch is not None:
+            tsync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+            def t_call(call=call):
+                with torch.no_grad():
+                    r = call(torch.nn.functional, targs)
+                tsync()
+                return r
+            fns["torch"] = t_call
+        if copy is not None:
+            fns["copy"] = copy
+        timed = _time_rounds(fns, budget)
+        row = {"op": name, "shape": list(shape), "dtype": np.dtype(dtype).name, "device": dev,
+               "bytes": moved, "max_err": err}
+        for label in ("numbaconv", "torch"):
+            if label in timed:
+                row[f"{label}_ms"] = timed[label]["best_ms"]
+                row[f"{label}_gbs"] = moved / timed[label]["best_ms"] / 1e6
+        if copy is not None:
+            row["copy_same_rounds_gbs"] = copy_bytes / timed["copy"]["best_ms"] / 1e6
+            ceiling = max(ceiling or 0.0, row["copy_same_rounds_gbs"])
+        rows.append(row)
+        line = f"{name:<30} {row['numbaconv_gbs']:8.1f} GB/s ({row['numbaconv_ms']:.2f} ms)"
+        if copy is not None:
+            line += f", copy {row['copy_same_rounds_gbs']:.1f} GB/s"
+        if "torch_gbs" in row:
+            line += f" | torch {row['torch_gbs']:8.1f} GB/s"
+        progress(line)
+    # The ceiling is the best copy seen in any op's rounds: load from other processes only ever
+    # lowers a reading, and a slow op leaves few copy samples in its own rounds.
+    for row in rows:
+        if ceiling:
+            row["ceiling_gbs"] = ceiling
+            row["pct_of_ceiling"] = 100.0 * row["numbaconv_gbs"] / ceiling
+    if ceiling:
+        progress(f"{'bandwidth ceiling (numba copy)':<30} {ceiling:8.1f} GB/s, best of all rounds; "
+                 + ", ".join(f"{r['op'].split()[0]} {r['pct_of_ceiling']:.0f}%" for r in rows))
+    return rows, ceiling
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks end to end (the networks themselves are in numbaconv._benchnets)
+# ---------------------------------------------------------------------------------------------
+
+def run_e2e(nets=NETS, batches=(1, 32), image=224, with_torch=True, budget=1.0, small=False,
+            progress=print):
+    """Images/s of each network's inference on numbaconv next to PyTorch eager (CPU).
+
+    The logits are checked against PyTorch's (``E2E_RTOL``) before anything is timed; without
+    PyTorch there is no reference and nothing is timed.
+    """
+    torch = _torch() if with_torch else None
+    if torch is None:
+        progress("e2e: skipped (needs PyTorch as the reference for the logits)")
+        return []
+    torch.set_num_threads(numba.get_num_threads())
+    fused = "residual" in inspect.signature(F.conv2d).parameters
+    rows = []
+    for net in nets:
+        prog = network_program(net, small)
+        sd = network_weights(prog)
+        params = fold_batchnorm(prog, sd)
+        model = torch_net(torch, net, sd, small)
+        for batch in batches:
+            x = np.random.default_rng(batch).standard_normal((batch, 3, image, image),
+                                                             dtype=np.float32)
+            tx = torch.from_numpy(x)
+            with torch.no_grad():
+                ref = model(tx).numpy()
+            got = network_forward(prog, params, x, fused)
+            err = float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
+            if not err < E2E_RTOL:
+                raise BenchCheckError(f"{net} batch {batch}: numbaconv logits differ from "
+                                      f"PyTorch's by {err:.2e} of their largest (> {E2E_RTOL:.0e});"
+                                      " not timed")
+
+            def t_call():
+                with torch.no_grad():
+                    return model(tx)
+            timed = _time_rounds({"numbaconv": lambda: network_forward(prog, params, x, fused),
+                                  "torch": t_call}, budget)
+            row = {"net": net, "batch": batch, "image": image, "threads": numba.get_num_threads(),
+                   "fused_residual": fused, "logits_rel_err": err}
+            for label, t in timed.items():
+                row[f"{label}_ms"] = t["best_ms"]
+                row[f"{label}_median_ms"] = t["median_ms"]
+                row[f"{label}_images_per_s"] = batch / t["best_ms"] * 1e3
+            row["torch_over_numbaconv"] = row["torch_ms"] / row["numbaconv_ms"]
+            rows.append(row)
+            progress(f"{net:<12} b={batch:<3} numbaconv {row['numbaconv_images_per_s']:8.1f} img/s"
+                     f" | torch {row['torch_images_per_s']:8.1f} img/s | torch/nc "
+                     f"{row['torch_over_numbaconv']:.2f} (logits err {err:.1e})")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Start-up: fresh processes
+# ---------------------------------------------------------------------------------------------
+
+_FIRST_CALL_CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+import numbaconv
+from numbaconv import functional as F
+t1 = time.perf_counter()
+import numpy as np
+n, c, oc, hw, k, p = json.loads(sys.argv[1])
+rng = np.random.default_rng(0)
+x = rng.standard_normal((n, c, hw, hw), dtype=np.float32)
+w = rng.standard_normal((oc, c, k, k), dtype=np.float32)
+b = rng.standard_normal(oc, dtype=np.float32)
+t2 = time.perf_counter()
+F.conv2d(x, w, b, padding=p)
+t3 = time.perf_counter()
+F.conv2d(x, w, b, padding=p)
+t4 = time.perf_counter()
+print("RESULT " + json.dumps({"import_s": t1 - t0, "first_call_s": t3 - t2,
+                              "second_call_s": t4 - t3}))
+"""
+
+_COLD_NET_CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+from numbaconv import _benchnets as nets
+t1 = time.perf_counter()
+net, small, image = json.loads(sys.argv[1])
+prog = nets.network_program(net, small)
+params = nets.fold_batchnorm(prog, nets.network_weights(prog))
+import numpy as np
+x = np.random.default_rng(0).standard_normal((1, 3, image, image), dtype=np.float32)
+t2 = time.perf_counter()
+nets.network_forward(prog, params, x)
+t3 = time.perf_counter()
+nets.network_forward(prog, params, x)
+t4 = time.perf_counter()
+print("RESULT " + json.dumps({"import_s": t1 - t0, "first_forward_s": t3 - t2,
+                              "total_s": (t1 - t0) + (t3 - t2), "second_forward_s": t4 - t3}))
+"""
+
+
+def _child(code, arg, env=None, timeout=900):
+    full = dict(os.environ, NUMBACONV_DEVICE=_device.get_device())
+    full.update(env or {})
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(arg)], env=full, text=True,
+                          capture_output=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"start-up child failed (exit {proc.returncode}):\n"
+                           f"{proc.stderr[-3000:]}")
+    res = json.loads(lines[-1][len("RESULT "):])
+    res["process_wall_s"] = wall
+    return res
+
+
+def run_startup(first_call=True, cold=True, layer=(1, 64, 64, 56, 3, 1), repeats=3,
+                cold_net="resnet18", small=False, image=224, empty_cache=True, progress=print):
+    """Start-up costs in fresh processes (CPU).
+
+    first_call: ``import numbaconv`` and the first ``F.conv2d`` call (``layer`` = (N, C, OC, H=W,
+    K, padding), float32 with bias) with the on-disk cache warm: one process warms the cache, then
+    the best of ``repeats`` processes is kept.
+    cold: ``cold_net``'s first forward at batch 1 with an empty cache (``NUMBA_CACHE_DIR`` is a new
+    temporary folder), compile included; reported as import + first forward. ``empty_cache``
+    False runs the same with the cache as it is (for tests of this code).
+    """
+    out = {}
+    if first_call:
+        _child(_FIRST_CALL_CHILD, list(layer))
+        runs = [_child(_FIRST_CALL_CHILD, list(layer)) for _ in range(repeats)]
+        best = min(runs, key=lambda r: r["first_call_s"])
+        out["first_call"] = dict(best, layer=list(layer), runs=len(runs),
+                                 all_first_call_s=[r["first_call_s"] for r in runs],
+                                 best_import_s=min(r["import_s"] for r in runs))
+        progress(f"{'first conv2d call, warm cache':<30} {best['first_call_s']:8.3f} s "
+                 f"(import numbaconv {out['first_call']['best_import_s']:.2f} s; best of "
+                 f"{len(runs)} fresh processes)")
+    if cold:
+        tmp = tempfile.mkdtemp(prefix="numbaconv-cold-cache-")
+        try:
+            res = _child(_COLD_NET_CHILD, [cold_net, small, image],
+                         env={"NUMBA_CACHE_DIR": tmp} if empty_cache else None)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        out["cold"] = dict(res, net=cold_net, image=image, small=small, empty_cache=empty_cache)
+        what = "empty cache" if empty_cache else "cache as is"
+        progress(f"{cold_net + ' forward, ' + what:<30} {res['total_s']:8.1f} s "
+                 f"(import {res['import_s']:.1f} s + first forward {res['first_forward_s']:.1f} s;"
+                 f" then {res['second_forward_s'] * 1e3:.0f} ms)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary against the targets, results on disk
+# ---------------------------------------------------------------------------------------------
+
+def _row(what, value, target, unit, detail="", higher=True):
+    holds = None
+    if value is not None and target is not None:
+        holds = bool(value >= target) if higher else bool(value <= target)
+    return {"what": what, "value": value, "target": target, "unit": unit, "holds": holds,
+            "detail": detail}
+
+
+def summarize(result):
+    """Rows that match the issue's targets table, from whatever sections ``result`` holds."""
+    rows = []
+    conv = result.get("conv", [])
+    batches = sorted({r["batch"] for r in conv})
+    peer = "torch"
     for b in batches:
-        result["conv"] += run_conv(layers, b, with_torch=with_torch)
-    result["memory_bound"] = run_elementwise(shape=(1, 64, 56, 56) if quick else (8, 64, 56, 56))
-    gm = _geomean_ratio(result["conv"])
-    if gm is not None:
-        print(f"geometric mean of peer time / numbaconv time: {gm:.2f}")
-        result["geomean_peer_over_numbaconv"] = gm
-    if out_dir:
-        stem = f"{'quick' if quick else 'conv'}-{dev}"
-        write_results(result, out_dir, stem)
-        print(f"saved {os.path.join(out_dir, stem)}.json and .md")
+        dense = [r for r in conv if r["batch"] == b and r["kind"] == "dense"
+                 and r["set"] in ("resnet50", "vgg16") and f"{peer}_ms" in r]
+        if dense:
+            gm = _geomean([r[f"{peer}_ms"] / r["numbaconv_ms"] for r in dense])
+            rows.append(_row(f"dense conv2d, ResNet-50 + VGG-16, batch {b}: geomean torch/nc",
+                             gm, TARGETS["dense"], "x", f"{len(dense)} layers"))
+    for b in batches:
+        dw = [r for r in conv if r["batch"] == b and r["kind"] == "depthwise" and f"{peer}_ms" in r]
+        if dw:
+            gm = _geomean([r[f"{peer}_ms"] / r["numbaconv_ms"] for r in dw])
+            rows.append(_row(f"depthwise conv2d, MobileNetV2, batch {b}: geomean torch/nc", gm,
+                             TARGETS["depthwise"], "x", f"{len(dw)} layers"))
+    for b in batches:
+        pw = [r for r in conv if r["batch"] == b and r["set"] == "mobilenetv2"
+              and r["kind"] == "dense" and f"{peer}_ms" in r]
+        if pw:
+            gm = _geomean([r[f"{peer}_ms"] / r["numbaconv_ms"] for r in pw])
+            rows.append(_row(f"pointwise conv2d, MobileNetV2, batch {b}: geomean torch/nc", gm,
+                             None, "x", f"{len(pw)} layers (no target)"))
+    for r in result.get("e2e", []):
+        rows.append(_row(f"{r['net']} inference, batch {r['batch']}: torch/nc time",
+                         r["torch_over_numbaconv"], TARGETS["e2e"], "x",
+                         f"{r['numbaconv_images_per_s']:.1f} vs {r['torch_images_per_s']:.1f} "
+                         f"img/s, image {r['image']}"))
+    allmem = [r for r in result.get("elementwise", []) if "pct_of_ceiling" in r]
+    for shape in sorted({tuple(r["shape"]) for r in allmem}):
+        mem = [r for r in allmem if tuple(r["shape"]) == shape]
+        worst = min(mem, key=lambda r: r["pct_of_ceiling"])
+        rows.append(_row(f"pooling, activations, batch_norm {'x'.join(map(str, shape))}: "
+                         "worst % of copy bandwidth",
+                         worst["pct_of_ceiling"], TARGETS["bandwidth_pct"], "%",
+                         f"{worst['op']}; ceiling {worst['ceiling_gbs']:.1f} GB/s; "
+                         f"{sum(r['pct_of_ceiling'] >= TARGETS['bandwidth_pct'] for r in mem)}"
+                         f"/{len(mem)} ops hold"))
+    scal = result.get("scaling", [])
+    if scal:
+        n = scal[0]["threads"]
+        gm = _geomean([r["numbaconv_speedup"] for r in scal])
+        tg = _geomean([r.get("torch_speedup") for r in scal])
+        rows.append(_row(f"dense conv2d, {n} threads vs 1: geomean speedup", gm,
+                         TARGETS["scaling"], "x",
+                         f"{len(scal)} layers, batch {scal[0]['batch']}"
+                         + (f"; torch {tg:.2f}x" if tg else "")))
+    alloc = [r for r in conv if "steady_alloc_bytes" in r]
+    if alloc:
+        worst = max(alloc, key=lambda r: r["steady_alloc_bytes"])
+        rows.append(_row("conv2d steady-state allocation per call beyond the output (NumPy side)",
+                         worst["steady_alloc_bytes"], ALLOC_SLACK, "bytes",
+                         f"worst {worst['layer']} b={worst['batch']}; tracemalloc, Numba-internal "
+                         "allocations not seen", higher=False))
+    st = result.get("startup", {})
+    if "first_call" in st:
+        fc = st["first_call"]
+        rows.append(_row("first conv2d call in a fresh process, warm cache", fc["first_call_s"],
+                         TARGETS["first_call_s"], "s",
+                         f"import numbaconv {fc['best_import_s']:.2f} s", higher=False))
+    if "cold" in st:
+        c = st["cold"]
+        what = "an empty cache" if c.get("empty_cache", True) else "the cache as it was"
+        rows.append(_row(f"{c['net']} forward with {what}, compile included",
+                         c["total_s"], TARGETS["cold_resnet18_s"] if c["net"] == "resnet18"
+                         and not c["small"] and c.get("empty_cache", True) else None, "s",
+                         f"import {c['import_s']:.1f} s + first forward "
+                         f"{c['first_forward_s']:.1f} s", higher=False))
+    return rows
+
+
+# Rows of a section are merged with an earlier run's by these keys (a new row replaces an old).
+_KEYS = {"conv": ("layer", "batch", "dtype", "device"), "scaling": ("layer", "batch"),
+         "elementwise": ("op", "shape", "dtype", "device"), "e2e": ("net", "batch", "image")}
+
+
+def merge_results(old, new):
+    """``new`` with the rows of ``old`` that it did not measure again (same machine only)."""
+    if not old or old.get("machine", {}).get("cpu") != new["machine"].get("cpu"):
+        return new
+    merged = dict(new)
+    for sec, keys in _KEYS.items():
+        fresh = {tuple(json.dumps(r[k]) for k in keys) for r in new.get(sec, [])}
+        kept = [r for r in old.get(sec, [])
+                if tuple(json.dumps(r.get(k)) for k in keys) not in fresh]
+        merged[sec] = kept + new.get(sec, [])
+    merged["startup"] = dict(old.get("startup", {}), **new.get("startup", {}))
+    if new.get("bandwidth_ceiling_gbs") is None and "bandwidth_ceiling_gbs" in old:
+        merged["bandwidth_ceiling_gbs"] = old["bandwidth_ceiling_gbs"]
+    merged["runs"] = old.get("runs", []) + new.get("runs", [])
+    return merged
+
+
+def _fmt(v, unit):
+    if v is None:
+        return "-"
+    if unit == "bytes":
+        return f"{v:.0f} B"
+    if unit == "s":
+        return f"{v:.2f} s"
+    if unit == "%":
+        return f"{v:.1f}%"
+    return f"{v:.2f}{unit}"
+
+
+def to_markdown(result):
+    """The results as Markdown tables: summary against the targets first, then every section."""
+    m = result["machine"]
+    lines = [f"# numbaconv benchmark ({result['device']})", "",
+             f"{m['cpu']} (LLVM: {m.get('llvm_host_cpu')}), {m['cores']} cores, "
+             f"{m['threads']} threads, {m['simd_lanes_f32']} float32 SIMD lanes; "
+             f"numbaconv {m.get('numbaconv')} ({m.get('commit')}), numba {m['numba']}, "
+             f"numpy {m['numpy']}, torch {m.get('torch', '-')}, python {m['python']}.",
+             f"Runs: {', '.join(r['when'] + ' ' + r['args'] for r in result.get('runs', []))}.",
+             "Times are the best of alternating rounds (numbaconv, PyTorch, ...) in one process; "
+             "other processes may have shared the cores.", ""]
+    if result.get("sgemm_gflops"):
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in result.get("sgemm", {}).items())
+        lines += [f"sgemm ceiling (float32, 1024^3): {result['sgemm_gflops']:.1f} GFLOP/s"
+                  + (f" ({parts})" if parts else ""), ""]
+    summary = result.get("summary", [])
+    if summary:
+        lines += ["## Targets", "", "| what | measured | target | holds | detail |",
+                  "| --- | --- | --- | --- | --- |"]
+        for r in summary:
+            tgt = "-" if r["target"] is None else ("≥ " if r["unit"] not in ("s", "bytes")
+                                                    else "≤ ") + _fmt(r["target"], r["unit"])
+            holds = {True: "yes", False: "**no**", None: "-"}[r["holds"]]
+            lines.append(f"| {r['what']} | {_fmt(r['value'], r['unit'])} | {tgt} | {holds} | "
+                         f"{r['detail']} |")
+        lines.append("")
+    if result.get("conv"):
+        sg = result.get("sgemm_gflops") or math.nan
+        lines += ["## conv2d", "", "| layer | batch | numbaconv GFLOP/s | % of sgemm | "
+                  "peer GFLOP/s | peer time / numbaconv time | max rel err |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in result["conv"]:
+            p = _peer(r)
+            pg = f"{r[p + '_gflops']:.1f} ({p})" if p else "-"
+            ratio = f"{r[p + '_ms'] / r['numbaconv_ms']:.2f}" if p else "-"
+            lines.append(f"| {r['layer']} | {r['batch']} | {r['numbaconv_gflops']:.1f} | "
+                         f"{100 * r['numbaconv_gflops'] / sg:.0f}% | {pg} | {ratio} | "
+                         f"{r['max_rel_err']:.1e} |")
+        lines.append("")
+    if result.get("scaling"):
+        n = result["scaling"][0]["threads"]
+        lines += ["## Thread scaling (dense conv2d)", "",
+                  f"| layer | batch | numbaconv 1t ms | numbaconv {n}t ms | speedup | "
+                  "torch speedup |", "| --- | --- | --- | --- | --- | --- |"]
+        for r in result["scaling"]:
+            ts = f"{r['torch_speedup']:.2f}" if "torch_speedup" in r else "-"
+            lines.append(f"| {r['layer']} | {r['batch']} | {r['numbaconv_1t_ms']:.2f} | "
+                         f"{r[f'numbaconv_{n}t_ms']:.2f} | {r['numbaconv_speedup']:.2f} | {ts} |")
+        lines.append("")
+    if result.get("elementwise"):
+        lines += ["## Memory-bound ops (bytes read + written)", "",
+                  "| op | shape | numbaconv GB/s | % of copy | torch GB/s | copy GB/s |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in result["elementwise"]:
+            pct = f"{r['pct_of_ceiling']:.0f}%" if "pct_of_ceiling" in r else "-"
+            tg = f"{r['torch_gbs']:.1f}" if "torch_gbs" in r else "-"
+            cg = f"{r['ceiling_gbs']:.1f}" if "ceiling_gbs" in r else "-"
+            lines.append(f"| {r['op']} | {'x'.join(map(str, r['shape']))} | "
+                         f"{r['numbaconv_gbs']:.1f} | {pct} | {tg} | {cg} |")
+        lines.append("")
+    if result.get("e2e"):
+        lines += ["## Inference end to end (functional calls, BatchNorm folded; torch eager "
+                  "with BatchNorm)", "",
+                  "| net | batch | numbaconv img/s | torch img/s | torch/nc | logits rel err |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in result["e2e"]:
+            lines.append(f"| {r['net']} | {r['batch']} | {r['numbaconv_images_per_s']:.1f} | "
+                         f"{r['torch_images_per_s']:.1f} | {r['torch_over_numbaconv']:.2f} | "
+                         f"{r['logits_rel_err']:.1e} |")
+        lines.append("")
+    st = result.get("startup", {})
+    if st:
+        lines += ["## Start-up (fresh processes)", ""]
+        if "first_call" in st:
+            fc = st["first_call"]
+            lines.append(f"- warm cache: import numbaconv {fc['best_import_s']:.2f} s, first "
+                         f"conv2d {fc['first_call_s']:.3f} s, second {fc['second_call_s']:.4f} s "
+                         f"(layer N, C, OC, H, K, pad = {fc['layer']})")
+        if "cold" in st:
+            c = st["cold"]
+            lines.append(f"- empty cache: {c['net']} import {c['import_s']:.1f} s + first forward "
+                         f"{c['first_forward_s']:.1f} s = {c['total_s']:.1f} s; second forward "
+                         f"{c['second_forward_s'] * 1e3:.0f} ms")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result, path):
+    """GFLOP/s per layer (numbaconv, peer, sgemm ceiling), one panel per batch. Returns False
+    (with a printed note) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed, no plot (pip install 'numbaconv[bench]')")
+        return False
+    conv = result.get("conv", [])
+    batches = sorted({r["batch"] for r in conv})
+    if not batches:
+        return False
+    fig, axes = plt.subplots(len(batches), 1, squeeze=False,
+                             figsize=(max(8.0, 0.45 * max(sum(r["batch"] == b for r in conv)
+                                                          for b in batches)), 4.5 * len(batches)))
+    for ax, b in zip(axes[:, 0], batches):
+        rows = [r for r in conv if r["batch"] == b]
+        pos = np.arange(len(rows))
+        ax.bar(pos - 0.2, [r["numbaconv_gflops"] for r in rows], 0.4, label="numbaconv")
+        p = _peer(rows[0])
+        if p:
+            ax.bar(pos + 0.2, [r.get(p + "_gflops", 0.0) for r in rows], 0.4, label=p)
+        if result.get("sgemm_gflops"):
+            ax.axhline(result["sgemm_gflops"], color="k", ls="--", lw=1,
+                       label=f"sgemm ceiling {result['sgemm_gflops']:.0f}")
+        ax.set_xticks(pos)
+        ax.set_xticklabels([r["layer"] for r in rows], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("GFLOP/s")
+        ax.set_title(f"conv2d float32, batch {b}, {rows[0]['threads']} threads "
+                     f"({result['machine']['cpu']})", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_results(result, out_dir, stem, merge=True):
+    """Write ``stem``.json, .md and .png under ``out_dir`` (merged with an earlier run of the
+    same machine unless ``merge`` is False). Returns the result as written."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, stem + ".json")
+    if merge and os.path.exists(path):
+        try:
+            with open(path) as f:
+                result = merge_results(json.load(f), result)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"note: not merging with {path} ({exc})")
+    result["summary"] = summarize(result)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(out_dir, stem + ".md"), "w") as f:
+        f.write(to_markdown(result) + "\n")
+    plot(result, os.path.join(out_dir, stem + ".png"))
     return result
 
 
-def _geomean_ratio(rows):
-    peer = "torch" if any("torch_ms" in r for r in rows) else "cudnn"
-    ratios = [r[f"{peer}_ms"] / r["numbaconv_ms"] for r in rows if f"{peer}_ms" in r]
-    return float(np.exp(np.mean(np.log(ratios)))) if ratios else None
+def print_summary(rows, progress=print):
+    for r in rows:
+        holds = {True: "holds", False: "DOES NOT HOLD", None: ""}[r["holds"]]
+        tgt = "" if r["target"] is None else f" (target {_fmt(r['target'], r['unit'])})"
+        progress(f"  {r['what']}: {_fmt(r['value'], r['unit'])}{tgt} {holds}  {r['detail']}")
+
+
+def main(quick=False, sets=None, batches=None, only=None, nets=None, elementwise_shape=None,
+         out_dir=None, with_torch=True, merge=True, tracked=True, budget=None, argv_text=""):
+    """Run the chosen sections, print the tables and the summary, and (with ``out_dir``) save
+    ``<device>[-quick].json/.md/.png`` there. Returns the result dictionary."""
+    dev = _device.get_device()
+    torch = _torch() if with_torch else None
+    if torch is not None:
+        torch.set_num_threads(numba.get_num_threads())
+    sections = list(only or SECTIONS)
+    if dev != "cpu":
+        skipped = [s for s in sections if s in ("scaling", "e2e", "startup")]
+        if skipped:
+            print(f"note: {', '.join(skipped)} run on the CPU only; skipped on {dev}")
+        sections = [s for s in sections if s not in skipped]
+    budget = budget or (0.2 if quick else 0.5)
+    if quick:
+        layers = QUICK if not sets else [la for la in QUICK if la[0].split(".")[0] in sets]
+        batches = batches or [1]
+    else:
+        layers = [layer for s in (sets or list(SETS)) for layer in SETS[s]]
+        batches = batches or [1, 32]
+    nets = nets or list(NETS)
+    print(f"numbaconv bench on {dev}, {numba.get_num_threads()} threads, sections "
+          f"{', '.join(sections)}; every result is checked against a reference before timing")
+    result = {"machine": machine(torch), "device": dev, "quick": quick,
+              "runs": [{"when": datetime.datetime.now().isoformat(timespec="seconds"),
+                        "args": argv_text or "", "sections": sections}]}
+    if "conv" in sections:
+        sg = sgemm_ceiling(torch=torch)
+        result["conv"] = []
+        for b in batches:
+            result["conv"] += run_conv(layers, b, with_torch=with_torch, budget=budget,
+                                       tracked=tracked)
+        # Measured again after the layers: other processes' load makes one reading too low.
+        again = sgemm_ceiling(torch=torch)
+        result["sgemm"] = {k: max(v, again[k]) for k, v in sg.items()}
+        result["sgemm_gflops"] = result["sgemm"]["best"]
+        print("sgemm ceiling (float32 1024^3, best of before and after the layers): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in result["sgemm"].items()) + " GFLOP/s")
+    if "scaling" in sections:
+        if numba.get_num_threads() < 2:
+            print("scaling: skipped (1 thread)")
+        else:
+            dense = [la for la in layers if layer_kind(la) == "dense"]
+            result["scaling"] = run_scaling(dense[:2] if quick else dense, min(batches),
+                                            with_torch=with_torch, budget=budget)
+    if "elementwise" in sections:
+        shape = tuple(elementwise_shape or ((4, 64, 56, 56) if quick else (32, 64, 56, 56)))
+        result["elementwise"], result["bandwidth_ceiling_gbs"] = run_elementwise(
+            shape, with_torch=with_torch, budget=budget)
+    if "e2e" in sections:
+        result["e2e"] = run_e2e(nets, batches,
+                                with_torch=with_torch, budget=max(budget, 0.5))
+    if "startup" in sections:
+        cold = not quick or bool(only)
+        if not cold:
+            print("startup: the empty-cache ResNet-18 compile is skipped with --quick "
+                  "(use --only startup)")
+        result["startup"] = run_startup(first_call=True, cold=cold)
+    if out_dir:
+        stem = dev + ("-quick" if quick else "")
+        result = write_results(result, out_dir, stem, merge=merge)
+        print(f"saved {os.path.join(out_dir, stem)}.json, .md and .png")
+    else:
+        result["summary"] = summarize(result)
+    print("summary against the targets:")
+    print_summary(result["summary"])
+    return result

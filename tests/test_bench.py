@@ -1,0 +1,171 @@
+"""The benchmark (numbaconv.bench): every section on tiny shapes, the files it writes, and that a
+wrong result is refused before anything is timed. Timings themselves are not tested."""
+
+import json
+
+import numpy as np
+import pytest
+
+from numbaconv import _benchnets as nets
+from numbaconv import bench
+from numbaconv import functional as F
+
+try:
+    import torch
+except ImportError:  # the benchmark runs without PyTorch, with fewer columns
+    torch = None
+
+WITH_TORCH = torch is not None
+TINY = [("resnet50.tiny3x3", 4, 8, 9, 3, 1, 1, 1), ("vgg16.tiny3x3s2", 3, 8, 10, 3, 2, 1, 1),
+        ("mobilenetv2.tinydw", 8, 8, 9, 3, 1, 1, 8), ("mobilenetv2.tinypw", 8, 16, 7, 1, 1, 0, 1)]
+BUDGET = 0.005
+
+
+def _quiet(*args):
+    pass
+
+
+@pytest.fixture(scope="module")
+def conv_rows():
+    return bench.run_conv(TINY, 2, with_torch=WITH_TORCH, budget=BUDGET, progress=_quiet)
+
+
+def test_conv_rows(conv_rows):
+    assert [r["layer"] for r in conv_rows] == [la[0] for la in TINY]
+    assert [r["kind"] for r in conv_rows] == ["dense", "dense", "depthwise", "dense"]
+    for r in conv_rows:
+        assert r["batch"] == 2 and r["max_rel_err"] < bench.CONV_RTOL
+        assert r["numbaconv_ms"] > 0 and r["numbaconv_gflops"] > 0
+        assert r["steady_alloc_bytes"] >= 0
+        assert ("torch_ms" in r) == WITH_TORCH
+
+
+def test_conv_check_refuses_a_wrong_result(monkeypatch):
+    right = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *a, **k: right(*a, **k) * 1.001)
+    with pytest.raises(bench.BenchCheckError, match="resnet50.tiny3x3"):
+        bench.run_conv(TINY[:1], 1, with_torch=False, budget=BUDGET, progress=_quiet)
+
+
+def test_scaling_rows():
+    rows = bench.run_scaling(TINY[:1], 1, with_torch=WITH_TORCH, budget=BUDGET, progress=_quiet)
+    (r,) = rows
+    n = r["threads"]
+    assert r["numbaconv_speedup"] == pytest.approx(r["numbaconv_1t_ms"] / r[f"numbaconv_{n}t_ms"])
+    assert ("torch_speedup" in r) == WITH_TORCH
+
+
+def test_elementwise_rows():
+    rows, ceiling = bench.run_elementwise((1, 4, 8, 8), with_torch=WITH_TORCH, budget=BUDGET,
+                                          progress=_quiet)
+    names = [r["op"].split()[0] for r in rows]
+    assert set(names) == {"relu", "relu6", "leaky_relu", "sigmoid", "tanh", "silu", "gelu",
+                          "gelu_tanh", "hardswish", "batch_norm", "max_pool2d", "avg_pool2d",
+                          "adaptive_avg_pool2d", "adaptive_max_pool2d"}
+    assert ceiling > 0
+    for r in rows:
+        assert r["max_err"] < bench.ELEMENTWISE_TOL
+        assert r["pct_of_ceiling"] == pytest.approx(100 * r["numbaconv_gbs"] / r["ceiling_gbs"])
+        assert ("torch_gbs" in r) == WITH_TORCH
+
+
+@pytest.mark.parametrize("op", ["relu", "max_pool2d", "batch_norm"])
+def test_elementwise_check_refuses_a_wrong_result(monkeypatch, op):
+    right = getattr(F, op)
+    monkeypatch.setattr(F, op, lambda *a, **k: right(*a, **k) + 1e-3)
+    with pytest.raises(bench.BenchCheckError, match=op):
+        bench.run_elementwise((1, 4, 8, 8), with_torch=False, budget=BUDGET, ops=[op],
+                              progress=_quiet)
+
+
+@pytest.mark.parametrize("net", nets.NETS)
+def test_networks_match_torch(net):
+    """The programs have torchvision's keys; the fused-residual and the unfused path agree."""
+    pytest.importorskip("torch")
+    prog = nets.network_program(net, small=True)
+    sd = nets.network_weights(prog)
+    model = nets.torch_net(torch, net, sd, small=True)
+    params = nets.fold_batchnorm(prog, sd)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    fused = nets.network_forward(prog, params, x, fused_residual=True)
+    unfused = nets.network_forward(prog, params, x, fused_residual=False)
+    assert fused.shape == ref.shape == (2, 10)
+    scale = np.abs(ref).max()
+    assert np.abs(fused - ref).max() < bench.E2E_RTOL * scale
+    assert np.abs(unfused - fused).max() < 1e-5 * scale
+
+
+def test_e2e_rows_and_wrong_result(monkeypatch):
+    pytest.importorskip("torch")
+    rows = bench.run_e2e(batches=[1, 2], image=32, small=True, budget=BUDGET, progress=_quiet)
+    assert [(r["net"], r["batch"]) for r in rows] == [(n, b) for n in nets.NETS for b in (1, 2)]
+    for r in rows:
+        assert r["logits_rel_err"] < bench.E2E_RTOL
+        assert r["torch_over_numbaconv"] == pytest.approx(r["torch_ms"] / r["numbaconv_ms"])
+        assert r["numbaconv_images_per_s"] == pytest.approx(r["batch"] * 1e3 / r["numbaconv_ms"])
+    right = F.linear
+    monkeypatch.setattr(F, "linear", lambda *a, **k: right(*a, **k) * 1.01)
+    with pytest.raises(bench.BenchCheckError, match="logits"):
+        bench.run_e2e(["resnet18"], [1], image=32, small=True, budget=BUDGET, progress=_quiet)
+
+
+def test_startup_in_fresh_processes():
+    out = bench.run_startup(layer=(1, 4, 8, 9, 3, 1), repeats=1, cold_net="mobilenetv2",
+                            small=True, image=32, empty_cache=False, progress=_quiet)
+    fc, cold = out["first_call"], out["cold"]
+    assert 0 < fc["import_s"] and 0 < fc["first_call_s"] < fc["process_wall_s"]
+    assert cold["total_s"] == pytest.approx(cold["import_s"] + cold["first_forward_s"])
+    assert cold["empty_cache"] is False
+
+
+def test_results_files_summary_and_merge(tmp_path, conv_rows):
+    machine = bench.machine(torch)
+    for key in ("cpu", "cores", "threads", "simd_lanes_f32", "numba", "numpy", "llvmlite"):
+        assert key in machine
+    elementwise, ceiling = bench.run_elementwise((1, 4, 8, 8), with_torch=WITH_TORCH,
+                                                 budget=BUDGET, ops=["relu"], progress=_quiet)
+    first = {"machine": machine, "device": "cpu", "sgemm_gflops": 100.0, "conv": conv_rows,
+             "elementwise": elementwise, "bandwidth_ceiling_gbs": ceiling,
+             "runs": [{"when": "t0", "args": "first", "sections": ["conv", "elementwise"]}]}
+    bench.write_results(first, str(tmp_path), "cpu")
+    saved = json.loads((tmp_path / "cpu.json").read_text())
+    assert saved["machine"]["cpu"] == machine["cpu"]
+    whats = [r["what"] for r in saved["summary"]]
+    if WITH_TORCH:
+        assert any(w.startswith("dense conv2d, ResNet-50 + VGG-16, batch 2") for w in whats)
+        assert any(w.startswith("depthwise conv2d, MobileNetV2, batch 2") for w in whats)
+    assert any("% of copy bandwidth" in w for w in whats)
+    md = (tmp_path / "cpu.md").read_text()
+    assert "## Targets" in md and "resnet50.tiny3x3" in md and "relu" in md
+    try:
+        import matplotlib  # noqa: F401
+        assert (tmp_path / "cpu.png").stat().st_size > 0
+    except ImportError:
+        assert not (tmp_path / "cpu.png").exists()
+
+    # A second, partial run replaces the rows it measured again and keeps the others.
+    again = dict(conv_rows[0], numbaconv_ms=123.0)
+    second = {"machine": machine, "device": "cpu", "sgemm_gflops": 90.0, "conv": [again],
+              "runs": [{"when": "t1", "args": "second", "sections": ["conv"]}]}
+    bench.write_results(second, str(tmp_path), "cpu")
+    merged = json.loads((tmp_path / "cpu.json").read_text())
+    assert len(merged["conv"]) == len(conv_rows)
+    assert [r["numbaconv_ms"] for r in merged["conv"] if r["layer"] == again["layer"]] == [123.0]
+    assert len(merged["elementwise"]) == 1 and len(merged["runs"]) == 2
+
+
+def test_plot_without_matplotlib(monkeypatch, tmp_path, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert bench.plot({"conv": []}, str(tmp_path / "x.png")) is False
+    assert "matplotlib is not installed" in capsys.readouterr().out
