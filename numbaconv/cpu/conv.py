@@ -26,8 +26,9 @@ import numpy as np
 from numba import prange
 
 from numbaconv._ops import ACT_NONE, ACT_RELU
-from numbaconv.cpu import simd
+from numbaconv.cpu import autotune, simd
 from numbaconv.cpu._common import apply_act, helper, kernel
+from numbaconv.cpu.depthwise import depthwise_conv2d
 from numbaconv.cpu.gemm import MR, NVMAX, microkernel, pack, split_tiles, tile_span
 from numbaconv.cpu.workspace import POOL, WEIGHTS
 
@@ -291,6 +292,34 @@ def _chunk(tiles, nbg):
 
 def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha):
     """2-D cross-correlation with bias, residual and a fused activation, as torch's conv2d.
+
+    Runs the implicit GEMM, or the depthwise kernel when every group has one input channel,
+    as :mod:`numbaconv.cpu.autotune` picks (a shape heuristic unless ``NUMBACONV_AUTOTUNE=1``).
+
+    Parameters
+    ----------
+    out : (N, OC, OH, OW) array, filled in place; its shape sets the bottom/right padding.
+    x : (N, C, H, W) array.
+    w : (OC, C // groups, KH, KW) array.
+    b : (OC,) array or None.
+    residual : array shaped as out, or None; added after the bias, before the activation.
+    stride, padding, dilation : (h, w) int tuples; padding is (top, left).
+    groups : int.
+    act : numbaconv._ops.ACT_* code applied last; alpha its parameter.
+    """
+    args = (out, x, w, b, residual, stride, padding, dilation, groups, act, alpha)
+    runs = {"gemm": lambda: gemm_conv2d(*args)}
+    default = "gemm"
+    if groups == x.shape[1] and w.shape[1] == 1:
+        runs["depthwise"] = lambda: depthwise_conv2d(out, x, w, b, residual, stride, padding,
+                                                     dilation, act, alpha)
+        default = "depthwise"
+    key = ("conv2d", x.shape, w.shape, out.shape, stride, padding, dilation, groups, out.dtype.str)
+    runs[autotune.choose(key, runs, default)]()
+
+
+def gemm_conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha):
+    """2-D cross-correlation as an implicit GEMM on the SIMD microkernel, for any geometry.
 
     Parameters
     ----------
