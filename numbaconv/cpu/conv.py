@@ -29,6 +29,7 @@ from numbaconv._ops import ACT_NONE, ACT_RELU
 from numbaconv.cpu import autotune, simd
 from numbaconv.cpu._common import apply_act, helper, kernel
 from numbaconv.cpu.depthwise import depthwise_conv2d
+from numbaconv.cpu.winograd import winograd_applies, winograd_conv2d
 from numbaconv.cpu.gemm import MR, NVMAX, microkernel, pack, split_tiles, tile_span
 from numbaconv.cpu.workspace import POOL, WEIGHTS
 
@@ -293,8 +294,9 @@ def _chunk(tiles, nbg):
 def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha):
     """2-D cross-correlation with bias, residual and a fused activation, as torch's conv2d.
 
-    Runs the implicit GEMM, or the depthwise kernel when every group has one input channel,
-    as :mod:`numbaconv.cpu.autotune` picks (a shape heuristic unless ``NUMBACONV_AUTOTUNE=1``).
+    Runs the implicit GEMM, the depthwise kernel when every group has one input channel, or
+    Winograd F(4x4, 3x3) for 3x3 stride-1 convs with finite inputs, as
+    :mod:`numbaconv.cpu.autotune` picks (a shape heuristic unless ``NUMBACONV_AUTOTUNE=1``).
 
     Parameters
     ----------
@@ -314,8 +316,33 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
         runs["depthwise"] = lambda: depthwise_conv2d(out, x, w, b, residual, stride, padding,
                                                      dilation, act, alpha)
         default = "depthwise"
+    elif (w.shape[2:] == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1
+          and _all_finite(x) and _all_finite(w)):
+        # Winograd's transforms would spread a NaN or Inf to a whole 4x4 output tile.
+        runs["winograd"] = lambda: winograd_conv2d(out, x, w, b, residual, padding, act, alpha)
+        if winograd_applies(x.shape, out.shape, padding, out.dtype):
+            default = "winograd"
     key = ("conv2d", x.shape, w.shape, out.shape, stride, padding, dilation, groups, out.dtype.str)
     runs[autotune.choose(key, runs, default)]()
+
+
+def _all_finite(a):
+    return bool(np.isfinite(_nonfinite_probe(a.reshape(-1))))
+
+
+@kernel
+def _nonfinite_probe(a):
+    """Sum of ``v - v``: 0 when every value is finite, NaN otherwise (one vectorised pass)."""
+    chunk = 1 << 14
+    nchunk = (a.shape[0] + chunk - 1) // chunk
+    total = a.dtype.type(0)
+    for t in prange(nchunk):
+        seg = a[t * chunk:min(a.shape[0], (t + 1) * chunk)]
+        s = a.dtype.type(0)
+        for i in range(seg.shape[0]):
+            s += seg[i] - seg[i]
+        total += s
+    return total
 
 
 def gemm_conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha):
