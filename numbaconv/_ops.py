@@ -4,9 +4,14 @@ These are plain Python functions that call no other function of this module (jit
 call plain Python functions). ``numbaconv.cpu`` wraps them with ``njit(inline="always")`` and
 ``numbaconv.cuda`` with ``cuda.jit(device=True)``, so the two backends compute the same formulas
 and cannot drift apart. Nothing here imports numba.
+
+Arithmetic stays in the argument's precision: constants are cast with ``type(v)(...)``, since a
+bare float literal would promote float32 math to float64. ``exp``, ``tanh`` and ``erfc`` are looked
+up as module globals so that a backend may bind its own: the CPU binds vectorisable float32
+versions (``numbaconv.cpu.vecmath``; libm has no vector form without SVML), CUDA keeps these.
 """
 
-import math
+from math import erfc, exp, tanh
 
 # Activation codes passed to kernels (kernels take an int, not a string).
 ACT_NONE = 0
@@ -38,46 +43,53 @@ _SQRT_2_OVER_PI = 0.7978845608028654
 
 def sigmoid(v):
     """Logistic function of scalar ``v``."""
-    # Two branches so that exp never overflows: stable for |v| up to the dtype's max.
-    if v >= 0:
-        return 1.0 / (1.0 + math.exp(-v))
-    e = math.exp(v)
-    return e / (1.0 + e)
+    # exp of -|v| never overflows: 1 / (1 + e) for v >= 0, e / (1 + e) below; NaN passes.
+    one = type(v)(1)
+    e = exp(-abs(v))
+    return (one if v >= 0 else e) / (one + e)
 
 
 def apply_act(v, act, alpha):
     """Return activation ``act`` (an ACT_* code) of scalar ``v``; NaN passes through."""
+    ty = type(v)
+    zero = ty(0)
+    one = ty(1)
     if act == ACT_NONE:
         return v
     if act == ACT_RELU:
         # v > 0 is False for NaN, so test the negative side to let NaN through as torch does.
-        return 0.0 if v <= 0 else v
+        return zero if v <= zero else v
     if act == ACT_RELU6:
-        if v <= 0:
-            return 0.0
-        return 6.0 if v >= 6 else v
+        if v <= zero:
+            return zero
+        six = ty(6)
+        return six if v >= six else v
     if act == ACT_LEAKY_RELU:
-        return v * alpha if v < 0 else v
+        return v * ty(alpha) if v < zero else v
     if act == ACT_SIGMOID or act == ACT_SILU:
         # sigmoid() inlined: jitted code cannot call the plain Python function.
-        if v >= 0:
-            s = 1.0 / (1.0 + math.exp(-v))
-        else:
-            e = math.exp(v)
-            s = e / (1.0 + e)
+        e = exp(-abs(v))
+        s = (one if v >= zero else e) / (one + e)
         return s if act == ACT_SIGMOID else v * s
     if act == ACT_TANH:
-        return math.tanh(v)
+        return tanh(v)
     if act == ACT_GELU:
-        return 0.5 * v * (1.0 + math.erf(v * _SQRT_HALF))
+        # v Phi(v) with Phi(v) = erfc(-v / sqrt 2) / 2, not (1 + erf) / 2: no cancellation for
+        # v < 0, where Phi is small.
+        return ty(0.5) * v * erfc(v * ty(-_SQRT_HALF))
     if act == ACT_GELU_TANH:
-        return 0.5 * v * (1.0 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
+        # (1 + tanh(u)) / 2 = sigmoid(2u), computed as above so that it keeps its precision for
+        # v < 0; 2u = sqrt(8/pi) (v + 0.044715 v**3) is written v (a + b v**2).
+        w = v * (ty(2 * _SQRT_2_OVER_PI) + ty(2 * _SQRT_2_OVER_PI * 0.044715) * (v * v))
+        e = exp(-abs(w))
+        return v * (one if v >= zero else e) / (one + e)
     if act == ACT_HARDSWISH:
-        if v <= -3:
-            return v * 0.0  # -0.0, and NaN for -inf, as torch's x * relu6(x + 3) / 6
-        if v >= 3:
+        three = ty(3)
+        if v <= -three:
+            return v * zero  # -0.0, and NaN for -inf, as torch's x * relu6(x + 3) / 6
+        if v >= three:
             return v
-        return v * (v + 3.0) / 6.0
+        return v * (v + three) * ty(1 / 6)
     return v
 
 

@@ -233,3 +233,16 @@ def test_conv2d_residual_errors(rng):
         F.conv2d(x, w, residual=np.zeros((1, 3, 3, 3)))
     with pytest.raises(TypeError, match="'residual' must be a numpy.ndarray"):
         F.conv2d(x, w, residual=[[0.0]])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_conv2d_nonfinite_stays_local_on_the_winograd_shapes(rng, bad):
+    # On a shape the heuristic sends to Winograd, a NaN/Inf input must still only reach the
+    # outputs whose window holds it, as in the reference (the dispatch takes the direct path).
+    x = rand(rng, (1, 64, 56, 56), np.float32)
+    w = rand(rng, (64, 64, 3, 3), np.float32)
+    x[0, 3, 20, 30] = bad
+    got = F.conv2d(x, w, padding=1)
+    ref = R.conv2d(x, w, padding=1)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))

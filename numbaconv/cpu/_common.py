@@ -1,11 +1,13 @@
 """Compilation options, scalar helpers and softmax reductions shared by the CPU kernels."""
 
 import math
+import types
 
 import numba
 import numpy as np
 
 from numbaconv import _ops
+from numbaconv.cpu import vecmath
 
 # 'reassoc' lets LLVM vectorise reductions and 'contract' fuse multiply-adds; NaN and Inf keep
 # their IEEE behaviour (no 'nnan'/'ninf'), so they pass through kernels as they do in PyTorch.
@@ -22,8 +24,16 @@ def helper(func):
     return numba.njit(inline="always", cache=True, fastmath=FASTMATH)(func)
 
 
-sigmoid = helper(_ops.sigmoid)
-apply_act = helper(_ops.apply_act)
+def _with_vecmath(func):
+    """A copy of _ops formula ``func`` whose ``exp``, ``tanh`` and ``erfc`` are vecmath's: float32
+    versions that LLVM vectorises (libm calls would not be), float64 ones that call libm."""
+    scope = dict(func.__globals__, exp=vecmath.exp, tanh=vecmath.tanh, erfc=vecmath.erfc)
+    return types.FunctionType(func.__code__, scope, func.__name__, func.__defaults__,
+                              func.__closure__)
+
+
+sigmoid = helper(_with_vecmath(_ops.sigmoid))
+apply_act = helper(_with_vecmath(_ops.apply_act))
 
 
 nan_max = helper(_ops.nan_max)

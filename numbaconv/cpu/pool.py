@@ -1,13 +1,114 @@
 """Pooling kernels: max, average and their adaptive forms, with PyTorch's window rules.
 
-Every kernel runs ``prange`` over one flattened index of (batch, channel, output row), so two cores
-are busy even for one image, and uses the output row as its accumulator.
+Pooling is separable: a window's maximum (or sum) is the maximum over its rows of the maxima over
+its columns. Each output row first reduces its window's input rows into a scratch row, whole rows
+at a time in SIMD vectors, then reduces each output's columns of that scratch row: contiguous
+vectors for stride 1, the even lanes of two vectors for stride 2, a scalar loop otherwise. The
+scratch row has margins holding the reduction's identity (-inf, or 0 for sums), so padding and
+windows that run past the input need no bounds tests.
+
+Maxima propagate NaN as PyTorch's do (``nan_max``, and its vector form ``_nan_max``). Sums run
+in the input's precision, as PyTorch's CPU pooling does, and averages multiply by 1 / divisor.
+
+The flat output rows (N * C * OH) are cut into about TASKS equal parallel tasks, each with its
+own scratch row, so two cores are busy even for one image.
 """
 
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
 
+from numbaconv.cpu import simd
 from numbaconv.cpu._common import adaptive_window, helper, kernel, nan_max
+
+TASKS = 64
+PREFETCH_BYTES = 8192  # how far ahead of the current row the input is prefetched
+
+
+@intrinsic
+def _evens(typingctx, a, b):
+    """Vector of lanes 0, 2, 4, ... of ``a`` followed by ``b``: the stride-2 elements of two
+    consecutive loads."""
+    if not (isinstance(a, simd.Vec) and a == b):
+        raise TypingError(f"_evens needs two vectors of one type, got {a}, {b}")
+
+    def codegen(context, builder, sig, args):
+        lanes = sig.args[0].lanes
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [2 * i for i in range(lanes)])
+        return builder.shuffle_vector(args[0], args[1], mask)
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def _nan_max(typingctx, m, v):
+    """Lane-wise ``nan_max(m, v)``: ``v`` where ``v > m`` or ``v`` is NaN, else ``m``.
+
+    Three instructions on x86 (max, unordered compare, blend) against six for IEEE maximum
+    (``simd.maximum``); between equal values it keeps ``m``, as PyTorch's strict ``>`` does.
+    """
+    if not (isinstance(m, simd.Vec) and m == v):
+        raise TypingError(f"_nan_max needs two vectors of one type, got {m}, {v}")
+
+    def codegen(context, builder, sig, args):
+        mv, vv = args
+        bigger = builder.select(builder.fcmp_ordered(">", vv, mv), vv, mv)
+        return builder.select(builder.fcmp_unordered("uno", vv, vv), vv, bigger)
+
+    return m(m, v), codegen
+
+
+@intrinsic
+def _load_fill(typingctx, arr, i, n, fill):
+    """Vector of ``arr[i : i + n]`` with ``fill`` in the lanes from ``n`` on, reading nothing
+    past ``arr[i + n - 1]`` (a masked load whose other lanes are ``fill``)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
+            and isinstance(arr.dtype, types.Float)):
+        raise TypingError(f"_load_fill needs a 1-D C-contiguous float array, got {arr}")
+    vt = simd.Vec(arr.dtype, simd.lanes_of(arr.dtype))
+
+    def codegen(context, builder, sig, args):
+        lty = context.get_value_type(vt)
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), lty.as_pointer())
+        i32 = ir.IntType(32)
+        count = builder.trunc(args[2], i32) if args[2].type.width > 32 else args[2]
+        lanes = ir.Constant(ir.VectorType(i32, vt.lanes), list(range(vt.lanes)))
+        bound = builder.insert_element(ir.Constant(ir.VectorType(i32, vt.lanes), ir.Undefined),
+                                       count, ir.Constant(i32, 0))
+        bound = builder.shuffle_vector(bound, bound,
+                                       ir.Constant(ir.VectorType(i32, vt.lanes), [0] * vt.lanes))
+        mask = builder.icmp_signed("<", lanes, bound)
+        value = context.cast(builder, args[3], sig.args[3], vt.dtype)
+        splat = builder.insert_element(ir.Constant(lty, ir.Undefined), value, ir.Constant(i32, 0))
+        splat = builder.shuffle_vector(splat, splat,
+                                       ir.Constant(ir.VectorType(i32, vt.lanes), [0] * vt.lanes))
+        suffix = f"v{vt.lanes}f{vt.dtype.bitwidth}"
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(lty, [ptr.type, i32, mask.type, lty]),
+            f"llvm.masked.load.{suffix}.p0")
+        return builder.call(fn, [ptr, ir.Constant(i32, vt.dtype.bitwidth // 8), mask, splat])
+
+    return vt(arr, i, n, fill), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i):
+    """Hint that ``arr[i]`` (1-D) will be read soon (``llvm.prefetch``, into all caches)."""
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, i), codegen
 
 
 @helper
@@ -17,19 +118,148 @@ def _ceil_div(a, b):
 
 
 @helper
-def _col_range(off, sw, w, ow):
-    """Output columns ``o`` in [lo, hi) whose tap ``o * sw + off`` lies inside [0, w)."""
-    lo = max(0, _ceil_div(-off, sw))
-    hi = min(ow, _ceil_div(w - off, sw))
-    return lo, hi
-
-
-@helper
 def _row_index(r, c_, oh_):
     """(n, c, oh) of flat output-row index ``r`` over (N, C, OH)."""
     nc = r // oh_
     n = nc // c_
     return n, nc - n * c_, r - nc * oh_
+
+
+@helper
+def _next_row(n, c, oh, c_, oh_):
+    """(n, c, oh) of the flat output row after (n, c, oh), without divisions."""
+    oh += 1
+    if oh == oh_:
+        oh = 0
+        c += 1
+        if c == c_:
+            c = 0
+            n += 1
+    return n, c, oh
+
+
+@helper
+def _task_rows(t, rows, per):
+    """Flat output rows [lo, hi) of parallel task ``t`` (``per`` rows each)."""
+    lo = t * per
+    return lo, min(lo + per, rows)
+
+
+@helper
+def _tasks(rows):
+    """(tasks, rows per task) for ``rows`` flat output rows."""
+    per = max(1, _ceil_div(rows, TASKS))
+    return _ceil_div(rows, per), per
+
+
+# The reductions (compile-time constants): sums and NaN-propagating maxima.
+SUM = 0
+MAX = 1
+
+
+@helper
+def _vop(mode, a, b):
+    return simd.add(a, b) if mode == SUM else _nan_max(a, b)
+
+
+@helper
+def _sop(mode, a, b):
+    return a + b if mode == SUM else nan_max(a, b)
+
+
+@helper
+def _reduce_rows(mode, tmp, base, plane, r0, nr, dr, identity):
+    """``tmp[base + w]`` = the ``mode`` reduction over the ``nr >= 1`` rows ``r0 + i * dr`` of
+    ``plane[:, w]``, for every column w of the (H, W) ``plane``.
+
+    The last vector is stored whole, with ``identity`` past the row's end: a masked store
+    there would stall the loads of ``_reduce_cols`` that overlap it (no store forwarding).
+    ``tmp`` must extend a vector past ``base + W``.
+    """
+    w_ = plane.shape[1]
+    lanes = simd.width(tmp)
+    first = plane[r0]
+    full = w_ - w_ % lanes
+    # (A range with a runtime step would divide for its trip count in every block.)
+    for w0 in range(0, full, lanes):
+        acc = simd.load(first, w0)
+        for i in range(1, nr):
+            acc = _vop(mode, acc, simd.load(plane[r0 + i * dr], w0))
+        simd.store(tmp, base + w0, acc)
+    if full < w_:
+        n = w_ - full
+        acc = _load_fill(first, full, n, identity)
+        for i in range(1, nr):
+            acc = _vop(mode, acc, _load_fill(plane[r0 + i * dr], full, n, identity))
+        simd.store(tmp, base + full, acc)
+
+
+@helper
+def _tap(tmp, i, sw, lanes):
+    """Vector of ``tmp[i + k * sw]``, k < lanes, for stride ``sw`` 1 or 2."""
+    if sw == 1:
+        return simd.load(tmp, i)
+    return _evens(simd.load(tmp, i), simd.load(tmp, i + lanes))
+
+
+@helper
+def _reduce_cols(mode, orow, tmp, off, sw, kw, dw, factors):
+    """``orow[o]`` = the ``mode`` reduction (times ``factors[o]`` for SUM) over taps j < kw of
+    ``tmp[off + o * sw + j * dw]``.
+
+    ``tmp`` must extend past the last tap of the last (lane-rounded) output block, and
+    ``factors`` (unused for max) to a whole number of vectors.
+    """
+    ow_ = orow.shape[0]
+    lanes = simd.width(tmp)
+    if sw == 1 or sw == 2:
+        for o0 in range(0, ow_, lanes):
+            i = off + o0 * sw
+            acc = _tap(tmp, i, sw, lanes)
+            for j in range(1, kw):
+                acc = _vop(mode, acc, _tap(tmp, i + j * dw, sw, lanes))
+            if mode == SUM:
+                acc = simd.mul(acc, simd.load(factors, o0))
+            n = ow_ - o0
+            if n >= lanes:
+                simd.store(orow, o0, acc)
+            else:
+                simd.store_n(orow, o0, acc, n)
+    else:
+        for o in range(ow_):
+            i = off + o * sw
+            m = tmp[i]
+            for j in range(1, kw):
+                m = _sop(mode, m, tmp[i + j * dw])
+            orow[o] = m * factors[o] if mode == SUM else m
+
+
+@helper
+def _prefetch_ahead(xf, start, count):
+    """Prefetch the ``count`` elements PREFETCH_BYTES past ``xf[start]`` (one hint per line): the
+    input the rows a few iterations on will read, so that its fetch overlaps this row's work."""
+    step = 64 // xf.itemsize
+    ahead = start + PREFETCH_BYTES // xf.itemsize
+    stop = min(ahead + count, xf.shape[0])
+    for i in range(ahead, stop, step):
+        _prefetch(xf, i)
+
+
+@helper
+def _scratch(x, ow_, kw, sw, dw, pw, identity):
+    """A scratch row for ``_reduce_cols``, all ``identity``; the input row goes at offset pw."""
+    lanes = simd.width(x[0, 0, 0])
+    blocks = _ceil_div(ow_, lanes) * lanes
+    size = pw + max(x.shape[3] + lanes, sw * (blocks + lanes) + (kw - 1) * dw)
+    return np.full(size, identity, x.dtype)
+
+
+@helper
+def _valid_taps(start, k, d, size):
+    """Range (first, stop) of the taps ``start + i * d``, i < k, that lie in [0, size)."""
+    i0 = max(0, _ceil_div(-start, d))
+    i1 = min(k, _ceil_div(size - start, d))
+    return start + i0 * d, start + max(i1, i0) * d
 
 
 @kernel
@@ -48,27 +278,27 @@ def max_pool2d(out, x, kernel, stride, padding, dilation):
     sh, sw = stride
     ph, pw = padding
     dh, dw = dilation
-    for r in prange(n_ * c_ * oh_):
-        n, c, oh = _row_index(r, c_, oh_)
-        orow = out[n, c, oh]
-        orow[:] = -np.inf
-        h0 = oh * sh - ph
-        for i in range(kh):
-            ih = h0 + i * dh
-            if ih < 0 or ih >= h:
-                continue
-            xrow = x[n, c, ih]
-            # One pass over the output row per tap, over the columns whose tap is inside the
-            # input. Slices indexed from 0 let LLVM drop negative-index wraparound (no gathers).
-            for j in range(kw):
-                off = j * dw - pw
-                lo, hi = _col_range(off, sw, w, ow_)
-                xseg = xrow[lo * sw + off:]
-                oseg = orow[lo:hi]
-                for o in range(hi - lo):
-                    v = xseg[o * sw]
-                    m = oseg[o]
-                    oseg[o] = nan_max(m, v)
+    # Output row oh reduces the nr[oh] input rows r0[oh] + i * dh. PyTorch's output size keeps
+    # every window's first row inside the input or its padding, and padding <= kernel / 2, so
+    # no window is empty.
+    r0 = np.empty(oh_, np.intp)
+    nr = np.empty(oh_, np.intp)
+    for oh in range(oh_):
+        first, stop = _valid_taps(oh * sh - ph, kh, dh, h)
+        r0[oh] = first
+        nr[oh] = (stop - first) // dh
+    xf = x.reshape((x.size,))
+    rows = n_ * c_ * oh_
+    tasks, per = _tasks(rows)
+    for t in prange(tasks):
+        lo, hi = _task_rows(t, rows, per)
+        tmp = _scratch(x, ow_, kw, sw, dw, pw, -np.inf)
+        n, c, oh = _row_index(lo, c_, oh_)
+        for _ in range(lo, hi):
+            _prefetch_ahead(xf, ((n * c_ + c) * h + r0[oh]) * w, sh * w)
+            _reduce_rows(MAX, tmp, pw, x[n, c], r0[oh], nr[oh], dh, -np.inf)
+            _reduce_cols(MAX, out[n, c, oh], tmp, 0, sw, kw, dw, tmp)
+            n, c, oh = _next_row(n, c, oh, c_, oh_)
 
 
 @kernel
@@ -90,32 +320,98 @@ def avg_pool2d(out, x, kernel, stride, padding, count_include_pad):
     kh, kw = kernel
     sh, sw = stride
     ph, pw = padding
-    for r in prange(n_ * c_ * oh_):
-        n, c, oh = _row_index(r, c_, oh_)
-        orow = out[n, c, oh]
-        orow[:] = 0
+    # 1 / divisor of every output (oh, o), padded to whole vectors: a multiply per output
+    # instead of a division (at most an ulp from PyTorch's sum / divisor).
+    lanes = simd.width(out[0, 0, 0])
+    inv = np.empty((oh_, _ceil_div(ow_, lanes) * lanes), out.dtype)
+    r0 = np.empty(oh_, np.intp)
+    r1 = np.empty(oh_, np.intp)
+    for oh in range(oh_):
         hstart = oh * sh - ph
-        hend = min(hstart + kh, h + ph)
-        hpad = hend - hstart
-        hs = max(hstart, 0)
-        he = min(hend, h)
-        for ih in range(hs, he):
-            xrow = x[n, c, ih]
-            for j in range(kw):
-                off = j - pw
-                lo, hi = _col_range(off, sw, w, ow_)
-                xseg = xrow[lo * sw + off:]
-                oseg = orow[lo:hi]
-                for o in range(hi - lo):
-                    oseg[o] += xseg[o * sw]
-        for o in range(ow_):
+        r0[oh] = max(hstart, 0)
+        r1[oh] = min(hstart + kh, h)
+        hcount = min(hstart + kh, h + ph) - hstart if count_include_pad else r1[oh] - r0[oh]
+        for o in range(inv.shape[1]):
             wstart = o * sw - pw
             wend = min(wstart + kw, w + pw)
-            if count_include_pad:
-                div = hpad * (wend - wstart)
+            wcount = wend - wstart if count_include_pad else min(wend, w) - max(wstart, 0)
+            inv[oh, o] = 1 / out.dtype.type(hcount * wcount) if o < ow_ else 0
+    xf = x.reshape((x.size,))
+    rows = n_ * c_ * oh_
+    tasks, per = _tasks(rows)
+    for t in prange(tasks):
+        lo, hi = _task_rows(t, rows, per)
+        tmp = _scratch(x, ow_, kw, sw, 1, pw, 0)
+        n, c, oh = _row_index(lo, c_, oh_)
+        for _ in range(lo, hi):
+            _prefetch_ahead(xf, ((n * c_ + c) * h + r0[oh]) * w, sh * w)
+            _reduce_rows(SUM, tmp, pw, x[n, c], r0[oh], r1[oh] - r0[oh], 1, 0)
+            _reduce_cols(SUM, out[n, c, oh], tmp, 0, sw, kw, 1, inv[oh])
+            n, c, oh = _next_row(n, c, oh, c_, oh_)
+
+
+@helper
+def _plane_max(seg, spill):
+    """NaN-propagating maximum of the contiguous 1-D ``seg`` (``spill``: ``lanes`` scratch)."""
+    lanes = simd.width(seg)
+    full = seg.shape[0] - seg.shape[0] % lanes
+    acc = simd.splat(seg, -np.inf)
+    for i in range(0, full, lanes):
+        acc = _nan_max(acc, simd.load(seg, i))
+    simd.store(spill, 0, acc)
+    m = spill[0]
+    for i in range(1, lanes):
+        m = nan_max(m, spill[i])
+    for i in range(full, seg.shape[0]):
+        m = nan_max(m, seg[i])
+    return m
+
+
+@helper
+def _windows(size, osize):
+    """(start, stop) arrays of the ``osize`` adaptive windows over ``size`` inputs."""
+    lo = np.empty(osize, np.intp)
+    hi = np.empty(osize, np.intp)
+    for i in range(osize):
+        lo[i], hi[i] = adaptive_window(i, size, osize)
+    return lo, hi
+
+
+@helper
+def _adaptive(mode, out, x):
+    n_, c_, h, w = x.shape
+    oh_, ow_ = out.shape[2], out.shape[3]
+    hs, he = _windows(h, oh_)
+    ws, we = _windows(w, ow_)
+    identity = 0 if mode == SUM else -np.inf
+    rows = n_ * c_ * oh_
+    tasks, per = _tasks(rows)
+    for t in prange(tasks):
+        lo, hi = _task_rows(t, rows, per)
+        tmp = np.empty(w + simd.width(x[0, 0, 0]), x.dtype)
+        n, c, oh = _row_index(lo, c_, oh_)
+        for _ in range(lo, hi):
+            r0 = hs[oh]
+            nr = he[oh] - r0
+            orow = out[n, c, oh]
+            if ow_ == 1:
+                # Full-width windows (global pooling) are one contiguous run of the plane.
+                seg = x[n, c].reshape((h * w,))[r0 * w:(r0 + nr) * w]
+                if mode != SUM:
+                    orow[0] = _plane_max(seg, tmp)
+                else:
+                    acc = out.dtype.type(0)
+                    for i in range(seg.shape[0]):
+                        acc += seg[i]
+                    orow[0] = acc / out.dtype.type(nr * w)
             else:
-                div = max(he - hs, 0) * (min(wend, w) - max(wstart, 0))
-            orow[o] = orow[o] / out.dtype.type(div)
+                _reduce_rows(mode, tmp, 0, x[n, c], r0, nr, 1, identity)
+                for o in range(ow_):
+                    m = tmp[ws[o]]
+                    for iw in range(ws[o] + 1, we[o]):
+                        m = _sop(mode, m, tmp[iw])
+                    orow[o] = m / out.dtype.type(nr * (we[o] - ws[o])) if mode == SUM else m
+            n, c, oh = _next_row(n, c, oh, c_, oh_)
 
 
 @kernel
@@ -128,28 +424,7 @@ def adaptive_avg_pool2d(out, x):
     out : (N, C, OH, OW) array, filled in place.
     x : (N, C, H, W) array.
     """
-    n_, c_, h, w = x.shape
-    oh_, ow_ = out.shape[2], out.shape[3]
-    zero = out.dtype.type(0)
-    for r in prange(n_ * c_ * oh_):
-        n, c, oh = _row_index(r, c_, oh_)
-        hs, he = adaptive_window(oh, h, oh_)
-        if ow_ == 1:
-            # Full-width windows (global pooling) are one contiguous run: a single long loop.
-            seg = x[n, c].reshape((h * w,))[hs * w:he * w]
-            s = zero
-            for i in range(seg.shape[0]):
-                s += seg[i]
-            out[n, c, oh, 0] = s / out.dtype.type((he - hs) * w)
-            continue
-        for o in range(ow_):
-            ws, we = adaptive_window(o, w, ow_)
-            s = zero
-            for ih in range(hs, he):
-                xrow = x[n, c, ih, ws:we]
-                for iw in range(we - ws):
-                    s += xrow[iw]
-            out[n, c, oh, o] = s / out.dtype.type((he - hs) * (we - ws))
+    _adaptive(SUM, out, x)
 
 
 @kernel
@@ -161,27 +436,4 @@ def adaptive_max_pool2d(out, x):
     out : (N, C, OH, OW) array, filled in place.
     x : (N, C, H, W) array.
     """
-    n_, c_, h, w = x.shape
-    oh_, ow_ = out.shape[2], out.shape[3]
-    ninf = out.dtype.type(-np.inf)
-    for r in prange(n_ * c_ * oh_):
-        n, c, oh = _row_index(r, c_, oh_)
-        hs, he = adaptive_window(oh, h, oh_)
-        if ow_ == 1:
-            # Full-width windows (global pooling) are one contiguous run: a single long loop.
-            seg = x[n, c].reshape((h * w,))[hs * w:he * w]
-            m = ninf
-            for i in range(seg.shape[0]):
-                v = seg[i]
-                m = nan_max(m, v)
-            out[n, c, oh, 0] = m
-            continue
-        for o in range(ow_):
-            ws, we = adaptive_window(o, w, ow_)
-            m = ninf
-            for ih in range(hs, he):
-                xrow = x[n, c, ih, ws:we]
-                for iw in range(we - ws):
-                    v = xrow[iw]
-                    m = nan_max(m, v)
-            out[n, c, oh, o] = m
+    _adaptive(MAX, out, x)
