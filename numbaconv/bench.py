@@ -911,7 +911,10 @@ def to_markdown(result):
              f"numpy {m['numpy']}, torch {m.get('torch', '-')}, python {m['python']}.",
              f"Runs: {', '.join(r['when'] + ' ' + r['args'] for r in result.get('runs', []))}.",
              "Times are the best of alternating rounds (numbaconv, PyTorch, ...) in one process; "
-             "other processes may have shared the cores.", ""]
+             "other processes may have shared the cores.",
+             "Conv GFLOP/s count the direct convolution's 2*N*OC*OH*OW*(C/groups)*KH*KW for every "
+             "algorithm, so where Winograd runs (3x3 stride-1 layers) the rate is an effective "
+             "one and can exceed the sgemm ceiling.", ""]
     if result.get("sgemm_gflops"):
         parts = ", ".join(f"{k} {v:.1f}" for k, v in result.get("sgemm", {}).items())
         lines += [f"sgemm ceiling (float32, 1024^3): {result['sgemm_gflops']:.1f} GFLOP/s"
