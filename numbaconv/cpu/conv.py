@@ -348,16 +348,7 @@ def _nonfinite_probe(a):
 def gemm_conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha):
     """2-D cross-correlation as an implicit GEMM on the SIMD microkernel, for any geometry.
 
-    Parameters
-    ----------
-    out : (N, OC, OH, OW) array, filled in place; its shape sets the bottom/right padding.
-    x : (N, C, H, W) array.
-    w : (OC, C // groups, KH, KW) array.
-    b : (OC,) array or None.
-    residual : array shaped as out, or None; added after the bias, before the activation.
-    stride, padding, dilation : (h, w) int tuples; padding is (top, left).
-    groups : int.
-    act : numbaconv._ops.ACT_* code applied last; alpha its parameter.
+    Arguments as :func:`conv2d`.
     """
     oc_, cg, kh_, kw_ = w.shape
     k_ = cg * kh_ * kw_
