@@ -1120,7 +1120,8 @@ def main(quick=False, sets=None, batches=None, only=None, nets=None, elementwise
     if out_dir:
         stem = dev + ("-quick" if quick else "")
         result = write_results(result, out_dir, stem, merge=merge)
-        print(f"saved {os.path.join(out_dir, stem)}.json, .md and .png")
+        png = os.path.exists(os.path.join(out_dir, stem + ".png"))
+        print(f"saved {os.path.join(out_dir, stem)}.json, .md" + (" and .png" if png else ""))
     else:
         result["summary"] = summarize(result)
     print("summary against the targets:")
