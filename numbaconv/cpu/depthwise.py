@@ -33,7 +33,6 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
@@ -52,58 +51,27 @@ CB = 4  # channels per flat-path task (and per call of _mk_flat4c)
 BUF_BYTES = 24 << 10  # target size of a rows-path task's padded input buffer (L1 is 48 KiB)
 
 
-def _check_vec_array(arr, who):
-    """The simd.Vec type loaded from ``arr``, which must be a 1-D C-contiguous float array."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
-            and isinstance(arr.dtype, types.Float)):
-        raise TypingError(f"{who} needs a 1-D C-contiguous float array, got {arr}")
-    return simd.Vec(arr.dtype, simd.lanes_of(arr.dtype))
-
-
 # --------------------------------------------------------------------------------------------
-# Intrinsics beyond numbaconv.cpu.simd
+# Intrinsics beyond numbaconv.cpu.simd (built with its codegen helpers)
 # --------------------------------------------------------------------------------------------
-
-def _lane_mask(builder, n, lanes):
-    """<lanes x i1>: lane i is on when i < n (an integer value)."""
-    i32 = ir.IntType(32)
-    n32 = builder.trunc(n, i32) if n.type.width > 32 else builder.sext(n, i32) \
-        if n.type.width < 32 else n
-    vec = ir.VectorType(i32, lanes)
-    splat = builder.insert_element(ir.Constant(vec, ir.Undefined), n32, ir.Constant(i32, 0))
-    splat = builder.shuffle_vector(splat, splat, ir.Constant(vec, [0] * lanes))
-    return builder.icmp_signed("<", ir.Constant(vec, list(range(lanes))), splat)
-
-
-def _masked_load(builder, ptr, mask, lty, bits):
-    """llvm.masked.load of the vector type ``lty`` (``bits``-bit floats) at ``ptr``: the lanes
-    off in ``mask`` are zero and not read."""
-    fn = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(lty, [ptr.type, ir.IntType(32), mask.type, lty]),
-        f"llvm.masked.load.v{lty.count}f{bits}.p0")
-    return builder.call(fn, [ptr, ir.Constant(ir.IntType(32), bits // 8), mask,
-                             ir.Constant(lty, None)])
-
 
 @intrinsic
 def _deinterleave(typingctx, arr, idx, n):
     """(even, odd): vectors of ``arr[idx : idx + 2n : 2]`` and ``arr[idx + 1 : idx + 2n : 2]``
     followed by zeros, for 0 <= n <= lanes; two masked loads (nothing past ``idx + 2n`` is read)
     and two shuffles. ``arr`` is 1-D C-contiguous, as for :mod:`simd`."""
-    vt = _check_vec_array(arr, "_deinterleave")
+    vt = simd.vec_type(arr, "depthwise._deinterleave")
     if not isinstance(n, types.Integer):
         raise TypingError(f"_deinterleave: the pair count must be an integer, got {n}")
 
     def codegen(context, builder, sig, args):
         lty = context.get_value_type(vt)
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.bitcast(builder.gep(data, [args[1]]), lty.as_pointer())
-        bits = sig.args[0].dtype.bitwidth
+        ptr = simd.address(context, builder, sig.args[0], args[0], args[1], lty)
         two_n = builder.mul(args[2], ir.Constant(args[2].type, 2))
-        lo = _masked_load(builder, ptr, _lane_mask(builder, two_n, vt.lanes), lty, bits)
+        lo = simd.masked_load(builder, ptr, simd.lane_mask(builder, two_n, vt.lanes), lty)
         rest = builder.sub(two_n, ir.Constant(args[2].type, vt.lanes))
-        hi = _masked_load(builder, builder.gep(ptr, [ir.Constant(ir.IntType(64), 1)]),
-                          _lane_mask(builder, rest, vt.lanes), lty, bits)
+        hi = simd.masked_load(builder, builder.gep(ptr, [ir.Constant(ir.IntType(64), 1)]),
+                              simd.lane_mask(builder, rest, vt.lanes), lty)
         i32v = ir.VectorType(ir.IntType(32), vt.lanes)
         even = builder.shuffle_vector(lo, hi, ir.Constant(i32v, list(range(0, 2 * vt.lanes, 2))))
         odd = builder.shuffle_vector(lo, hi, ir.Constant(i32v, list(range(1, 2 * vt.lanes, 2))))
@@ -116,20 +84,17 @@ def _deinterleave(typingctx, arr, idx, n):
 def _load_bits(typingctx, arr, idx, bits):
     """``Vec`` of ``arr[idx + i]`` for the lanes i whose bit i of the integer ``bits`` is set, 0 in
     the others, which are not read (so their addresses may lie outside ``arr``)."""
-    vt = _check_vec_array(arr, "_load_bits")
+    vt = simd.vec_type(arr, "depthwise._load_bits")
 
     def codegen(context, builder, sig, args):
         lty = context.get_value_type(vt)
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        # No inbounds: the address of a vector whose first lanes are masked off may precede
-        # the array.
-        ptr = builder.bitcast(builder.gep(data, [args[1]]), lty.as_pointer())
+        ptr = simd.address(context, builder, sig.args[0], args[0], args[1], lty)
         ibits = ir.IntType(vt.lanes)
         word = args[2]
         word = builder.trunc(word, ibits) if word.type.width > vt.lanes else \
             builder.zext(word, ibits) if word.type.width < vt.lanes else word
         mask = builder.bitcast(word, ir.VectorType(ir.IntType(1), vt.lanes))
-        return _masked_load(builder, ptr, mask, lty, sig.args[0].dtype.bitwidth)
+        return simd.masked_load(builder, ptr, mask, lty)
 
     return vt(arr, idx, bits), codegen
 

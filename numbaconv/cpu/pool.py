@@ -65,32 +65,14 @@ def _nan_max(typingctx, m, v):
 def _load_fill(typingctx, arr, i, n, fill):
     """Vector of ``arr[i : i + n]`` with ``fill`` in the lanes from ``n`` on, reading nothing
     past ``arr[i + n - 1]`` (a masked load whose other lanes are ``fill``)."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
-            and isinstance(arr.dtype, types.Float)):
-        raise TypingError(f"_load_fill needs a 1-D C-contiguous float array, got {arr}")
-    vt = simd.Vec(arr.dtype, simd.lanes_of(arr.dtype))
+    vt = simd.vec_type(arr, "pool._load_fill")
 
     def codegen(context, builder, sig, args):
         lty = context.get_value_type(vt)
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.bitcast(builder.gep(data, [args[1]]), lty.as_pointer())
-        i32 = ir.IntType(32)
-        count = builder.trunc(args[2], i32) if args[2].type.width > 32 else args[2]
-        lanes = ir.Constant(ir.VectorType(i32, vt.lanes), list(range(vt.lanes)))
-        bound = builder.insert_element(ir.Constant(ir.VectorType(i32, vt.lanes), ir.Undefined),
-                                       count, ir.Constant(i32, 0))
-        bound = builder.shuffle_vector(bound, bound,
-                                       ir.Constant(ir.VectorType(i32, vt.lanes), [0] * vt.lanes))
-        mask = builder.icmp_signed("<", lanes, bound)
-        value = context.cast(builder, args[3], sig.args[3], vt.dtype)
-        splat = builder.insert_element(ir.Constant(lty, ir.Undefined), value, ir.Constant(i32, 0))
-        splat = builder.shuffle_vector(splat, splat,
-                                       ir.Constant(ir.VectorType(i32, vt.lanes), [0] * vt.lanes))
-        suffix = f"v{vt.lanes}f{vt.dtype.bitwidth}"
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(lty, [ptr.type, i32, mask.type, lty]),
-            f"llvm.masked.load.{suffix}.p0")
-        return builder.call(fn, [ptr, ir.Constant(i32, vt.dtype.bitwidth // 8), mask, splat])
+        ptr = simd.address(context, builder, sig.args[0], args[0], args[1], lty)
+        fill = simd.splat_value(builder, context.cast(builder, args[3], sig.args[3], vt.dtype), lty)
+        return simd.masked_load(builder, ptr, simd.lane_mask(builder, args[2], vt.lanes), lty,
+                                fill)
 
     return vt(arr, i, n, fill), codegen
 

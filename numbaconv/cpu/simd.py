@@ -83,12 +83,19 @@ class _VecModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(elem, fe_type.lanes))
 
 
-def _vec_of(arr, who):
-    """The Vec type for a 1-D C-contiguous float array type, or a TypingError."""
+# Codegen helpers, also for the kernel modules' own intrinsics (interleaved and bit-masked loads).
+
+def vec_type(arr, who):
+    """The Vec type loaded from a 1-D C-contiguous float array type, or a TypingError naming
+    the intrinsic ``who``."""
     if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
             and isinstance(arr.dtype, types.Float)):
-        raise TypingError(f"simd.{who} needs a 1-D C-contiguous float array, got {arr}")
+        raise TypingError(f"{who} needs a 1-D C-contiguous float array, got {arr}")
     return Vec(arr.dtype, max(1, LANES * 32 // arr.dtype.bitwidth))
+
+
+def _vec_of(arr, who):
+    return vec_type(arr, f"simd.{who}")
 
 
 def _check_index(idx, who, what="index"):
@@ -96,14 +103,41 @@ def _check_index(idx, who, what="index"):
         raise TypingError(f"simd.{who}: the {what} must be an integer, got {idx}")
 
 
-def _address(context, builder, arrty, arr, idx, vecty):
-    """Pointer to element ``idx`` of ``arr``, typed as a pointer to a whole vector."""
+def address(context, builder, arrty, arr, idx, lty):
+    """Pointer to element ``idx`` of ``arr``, typed as a pointer to the LLVM vector ``lty``.
+    Not inbounds: the address of a vector whose first lanes are masked off may precede ``arr``."""
     data = context.make_array(arrty)(context, builder, arr).data
-    elem = builder.gep(data, [idx])
-    return builder.bitcast(elem, context.get_value_type(vecty).as_pointer())
+    return builder.bitcast(builder.gep(data, [idx]), lty.as_pointer())
 
 
-def _mask(builder, n, lanes):
+def _address(context, builder, arrty, arr, idx, vecty):
+    return address(context, builder, arrty, arr, idx, context.get_value_type(vecty))
+
+
+def masked_load(builder, ptr, mask, lty, passthru=None):
+    """llvm.masked.load of the float vector type ``lty`` at ``ptr``: lanes off in ``mask`` are
+    not read and come from ``passthru`` (zeros when None)."""
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(lty, [ptr.type, ir.IntType(32), mask.type, lty]),
+        f"llvm.masked.load.{_suffix(lty)}.p0")
+    passthru = ir.Constant(lty, None) if passthru is None else passthru
+    return builder.call(fn, [ptr, _align(lty), mask, passthru])
+
+
+def masked_store(builder, value, ptr, mask):
+    """llvm.masked.store of ``value`` at ``ptr``: lanes off in ``mask`` are not written."""
+    lty = value.type
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [lty, ptr.type, ir.IntType(32), mask.type]),
+        f"llvm.masked.store.{_suffix(lty)}.p0")
+    builder.call(fn, [value, ptr, _align(lty), mask])
+
+
+def _align(lty):
+    return ir.Constant(ir.IntType(32), 4 if isinstance(lty.element, ir.FloatType) else 8)
+
+
+def lane_mask(builder, n, lanes):
     """<lanes x i1>: lane i is on when i < n."""
     i32 = ir.IntType(32)
     n32 = builder.trunc(n, i32) if n.type.width > 32 else builder.sext(n, i32) \
@@ -143,15 +177,8 @@ def load_n(typingctx, arr, idx, n):
 
     def codegen(context, builder, sig, args):
         ptr = _address(context, builder, sig.args[0], args[0], args[1], vt)
-        lty = context.get_value_type(vt)
-        fn = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(lty, [ptr.type, ir.IntType(32), ir.VectorType(ir.IntType(1), vt.lanes),
-                                  lty]),
-            f"llvm.masked.load.{_suffix(lty)}.p0")
-        align = ir.Constant(ir.IntType(32), sig.args[0].dtype.bitwidth // 8)
-        return builder.call(fn, [ptr, align, _mask(builder, args[2], vt.lanes),
-                                 ir.Constant(lty, None)])
+        return masked_load(builder, ptr, lane_mask(builder, args[2], vt.lanes),
+                           context.get_value_type(vt))
 
     return vt(arr, idx, n), codegen
 
@@ -183,20 +210,14 @@ def store_n(typingctx, arr, idx, v, n):
 
     def codegen(context, builder, sig, args):
         ptr = _address(context, builder, sig.args[0], args[0], args[1], vt)
-        lty = context.get_value_type(vt)
-        fn = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(ir.VoidType(), [lty, ptr.type, ir.IntType(32),
-                                            ir.VectorType(ir.IntType(1), vt.lanes)]),
-            f"llvm.masked.store.{_suffix(lty)}.p0")
-        align = ir.Constant(ir.IntType(32), sig.args[0].dtype.bitwidth // 8)
-        builder.call(fn, [args[2], ptr, align, _mask(builder, args[3], vt.lanes)])
+        masked_store(builder, args[2], ptr, lane_mask(builder, args[3], vt.lanes))
         return context.get_dummy_value()
 
     return types.none(arr, idx, v, n), codegen
 
 
-def _splat(builder, value, lty):
+def splat_value(builder, value, lty):
+    """An ``lty`` vector with every lane ``value`` (an LLVM scalar)."""
     i32 = ir.IntType(32)
     v = builder.insert_element(ir.Constant(lty, ir.Undefined), value, ir.Constant(i32, 0))
     return builder.shuffle_vector(v, ir.Constant(lty, ir.Undefined),
@@ -212,7 +233,7 @@ def load1(typingctx, arr, idx):
     def codegen(context, builder, sig, args):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         value = builder.load(builder.gep(data, [args[1]]))
-        return _splat(builder, value, context.get_value_type(vt))
+        return splat_value(builder, value, context.get_value_type(vt))
 
     return vt(arr, idx), codegen
 
@@ -226,7 +247,7 @@ def splat(typingctx, like, value):
 
     def codegen(context, builder, sig, args):
         value = context.cast(builder, args[1], sig.args[1], vt.dtype)
-        return _splat(builder, value, context.get_value_type(vt))
+        return splat_value(builder, value, context.get_value_type(vt))
 
     return vt(like, value), codegen
 

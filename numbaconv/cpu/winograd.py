@@ -37,7 +37,6 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
@@ -99,58 +98,17 @@ def _routine(func):
 # Interleaved vector access: 4 vectors <-> 4L consecutive elements (column phases of the tiles)
 # --------------------------------------------------------------------------------------------
 
-def _vec(arr, who):
-    """simd's vector type for a 1-D C-contiguous float array type, or a TypingError."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
-            and isinstance(arr.dtype, types.Float)):
-        raise TypingError(f"winograd.{who} needs a 1-D C-contiguous float array, got {arr}")
-    return simd.Vec(arr.dtype, max(1, simd.LANES * 32 // arr.dtype.bitwidth))
-
-
-def _lane_mask(builder, n, lanes):
-    """<lanes x i1>: lane i is on when i < n."""
-    i64 = ir.IntType(64)
-    n64 = builder.sext(n, i64) if n.type.width < 64 else n
-    vty = ir.VectorType(i64, lanes)
-    splat = builder.insert_element(ir.Constant(vty, ir.Undefined), n64,
-                                   ir.Constant(ir.IntType(32), 0))
-    splat = builder.shuffle_vector(splat, splat,
-                                   ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
-    return builder.icmp_signed("<", ir.Constant(vty, list(range(lanes))), splat)
-
-
-def _wide_ptr(context, builder, arrty, arr, idx, wide):
-    """Pointer to element idx of arr, typed as a pointer to the wide vector type."""
-    data = context.make_array(arrty)(context, builder, arr).data
-    return builder.bitcast(builder.gep(data, [idx]), wide.as_pointer())
-
-
-def _masked(builder, name, wide, ptr_type):
-    """The llvm.masked.load / llvm.masked.store intrinsic for the wide vector type."""
-    bits = 32 if isinstance(wide.element, ir.FloatType) else 64
-    mask = ir.VectorType(ir.IntType(1), wide.count)
-    if name == "load":
-        fty = ir.FunctionType(wide, [ptr_type, ir.IntType(32), mask, wide])
-    else:
-        fty = ir.FunctionType(ir.VoidType(), [wide, ptr_type, ir.IntType(32), mask])
-    return cgutils.get_or_insert_function(builder.module, fty,
-                                          f"llvm.masked.{name}.v{wide.count}f{bits}.p0")
-
-
 @intrinsic
 def load4_n(typingctx, arr, idx, n):
     """Vectors (v0, v1, v2, v3) with ``v_f[i] = arr[idx + 4*i + f]``, from the first n of the
     4*lanes elements at idx (the rest read as zero, nothing past them is touched)."""
-    vt = _vec(arr, "load4_n")
+    vt = simd.vec_type(arr, "winograd.load4_n")
 
     def codegen(context, builder, sig, args):
         lanes = vt.lanes
         wide = ir.VectorType(context.get_value_type(vt.dtype), 4 * lanes)
-        ptr = _wide_ptr(context, builder, sig.args[0], args[0], args[1], wide)
-        fn = _masked(builder, "load", wide, ptr.type)
-        align = ir.Constant(ir.IntType(32), vt.dtype.bitwidth // 8)
-        x = builder.call(fn, [ptr, align, _lane_mask(builder, args[2], 4 * lanes),
-                              ir.Constant(wide, None)])
+        ptr = simd.address(context, builder, sig.args[0], args[0], args[1], wide)
+        x = simd.masked_load(builder, ptr, simd.lane_mask(builder, args[2], 4 * lanes), wide)
         undef = ir.Constant(wide, ir.Undefined)
         phase = ir.VectorType(ir.IntType(32), lanes)
         parts = [builder.shuffle_vector(x, undef,
@@ -164,7 +122,7 @@ def load4_n(typingctx, arr, idx, n):
 @intrinsic
 def store4_n(typingctx, arr, idx, v0, v1, v2, v3, n):
     """``arr[idx + 4*i + f] = v_f[i]`` for the first n of those 4*lanes elements."""
-    vt = _vec(arr, "store4_n")
+    vt = simd.vec_type(arr, "winograd.store4_n")
     if not all(v == vt for v in (v0, v1, v2, v3)):
         raise TypingError(f"winograd.store4_n: cannot store {v0} into {arr}")
 
@@ -179,10 +137,8 @@ def store4_n(typingctx, arr, idx, v0, v1, v2, v3, n):
         b = builder.shuffle_vector(args[4], args[5], idx32(list(range(2 * lanes))))
         x = builder.shuffle_vector(a, b, idx32([f * lanes + i for i in range(lanes)
                                                 for f in range(4)]))
-        ptr = _wide_ptr(context, builder, sig.args[0], args[0], args[1], wide)
-        fn = _masked(builder, "store", wide, ptr.type)
-        builder.call(fn, [x, ptr, ir.Constant(ir.IntType(32), vt.dtype.bitwidth // 8),
-                          _lane_mask(builder, args[6], 4 * lanes)])
+        ptr = simd.address(context, builder, sig.args[0], args[0], args[1], wide)
+        simd.masked_store(builder, x, ptr, simd.lane_mask(builder, args[6], 4 * lanes))
         return context.get_dummy_value()
 
     return types.none(arr, idx, v0, v1, v2, v3, n), codegen
