@@ -316,18 +316,29 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
         runs["depthwise"] = lambda: depthwise_conv2d(out, x, w, b, residual, stride, padding,
                                                      dilation, act, alpha)
         default = "depthwise"
-    elif (w.shape[2:] == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1
-          and _all_finite(x) and _all_finite(w)):
-        # Winograd's transforms would spread a NaN or Inf to a whole 4x4 output tile.
-        runs["winograd"] = lambda: winograd_conv2d(out, x, w, b, residual, padding, act, alpha)
-        if winograd_applies(x.shape, out.shape, padding, out.dtype):
-            default = "winograd"
+    elif w.shape[2:] == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1:
+        applies = winograd_applies(x.shape, out.shape, padding, out.dtype)
+        # Winograd's transforms would spread a NaN or Inf to a whole 4x4 output tile; the scan
+        # runs only where Winograd is a candidate at all.
+        if (applies or autotune.enabled()) and _all_finite(x) and _weight_finite(w):
+            runs["winograd"] = lambda: winograd_conv2d(out, x, w, b, residual, padding, act,
+                                                       alpha)
+            if applies:
+                default = "winograd"
     key = ("conv2d", x.shape, w.shape, out.shape, stride, padding, dilation, groups, out.dtype.str)
     runs[autotune.choose(key, runs, default)]()
 
 
 def _all_finite(a):
     return bool(np.isfinite(_nonfinite_probe(a.reshape(-1))))
+
+
+def _weight_finite(w):
+    """:func:`_all_finite` for a weight, kept in the weight cache like its transforms, so a
+    tracked weight is scanned once per version rather than on every call."""
+    with WEIGHTS.transformed(w, ("finite",), 1, np.float64,
+                             lambda f: f.__setitem__(0, _nonfinite_probe(w.reshape(-1)))) as f:
+        return bool(np.isfinite(f[0]))
 
 
 @kernel
