@@ -95,6 +95,14 @@ def to_host(d):
     return as_device_array(d).copy_to_host()
 
 
+def copy(d):
+    """A new C-contiguous device array with the contents of device array ``d``."""
+    d = as_device_array(d)
+    out = empty(d.shape, d.dtype)
+    out.copy_to_device(d if d.is_c_contiguous() else d.copy_to_host())
+    return out
+
+
 def empty(shape, dtype):
     """Allocate an uninitialised C-contiguous device array."""
     return cuda().device_array(shape, dtype=dtype)

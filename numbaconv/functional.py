@@ -47,6 +47,18 @@ def _constant(device, dtype, size, value):
     return a if device == "cpu" else _cuda.to_device(a)
 
 
+def _writable_view(a):
+    """A writable view of read-only ``a`` (a layer's parameter) where its memory allows, else a
+    copy. Kernels never write their inputs; this only spares Numba a second, read-only
+    specialisation of every kernel (compile time)."""
+    view = a.view()
+    try:
+        view.flags.writeable = True
+    except ValueError:  # memory that really is read-only (np.broadcast_to, a read-only mmap)
+        return a.copy()
+    return view
+
+
 class _Call:
     """The arrays of one op call, placed on one device.
 
@@ -107,7 +119,10 @@ class _Call:
         if self.device == "cpu":
             # A copy for non-contiguous and negative-stride views: kernels assume C order, and
             # the caller's array is never written.
-            return np.ascontiguousarray(a)
+            a = np.ascontiguousarray(a)
+            if not a.flags.writeable:
+                a = _writable_view(a)
+            return a
         if isinstance(a, np.ndarray):
             return _cuda.to_device(a)
         if not a.is_c_contiguous():
