@@ -51,6 +51,7 @@ from numba import prange  # noqa: E402
 
 from numbaconv import device as _device  # noqa: E402
 from numbaconv import functional as F  # noqa: E402
+from numbaconv._progress import Progress  # noqa: E402
 from numbaconv._benchnets import (NETS, _track, fold_batchnorm, network_forward,  # noqa: E402
                                   network_program, network_weights, torch_net)
 
@@ -1080,8 +1081,17 @@ def main(quick=False, sets=None, batches=None, only=None, nets=None, elementwise
         layers = [layer for s in (sets or list(SETS)) for layer in SETS[s]]
         batches = batches or [1, 32]
     nets = nets or list(NETS)
-    print(f"numbaconv bench on {dev}, {numba.get_num_threads()} threads, sections "
-          f"{', '.join(sections)}; every result is checked against a reference before timing")
+    dense = [la for la in layers if layer_kind(la) == "dense"]
+    if quick:
+        dense = dense[:2]
+    shape = tuple(elementwise_shape or ((4, 64, 56, 56) if quick else (32, 64, 56, 56)))
+    cold = not quick or bool(only)
+    steps = {"conv": len(layers) * len(batches), "scaling": len(dense),
+             "elementwise": len(_ELEMENTWISE) + (dev == "cpu"), "e2e": len(nets) * len(batches),
+             "startup": 1 + cold}
+    bar = Progress(sum(steps[s] for s in sections), "bench")
+    bar.note(f"numbaconv bench on {dev}, {numba.get_num_threads()} threads, sections "
+             f"{', '.join(sections)}; every result is checked against a reference before timing")
     result = {"machine": machine(torch), "device": dev, "quick": quick,
               "runs": [{"when": datetime.datetime.now().isoformat(timespec="seconds"),
                         "args": argv_text or "", "sections": sections}]}
@@ -1090,33 +1100,31 @@ def main(quick=False, sets=None, batches=None, only=None, nets=None, elementwise
         result["conv"] = []
         for b in batches:
             result["conv"] += run_conv(layers, b, with_torch=with_torch, budget=budget,
-                                       tracked=tracked)
+                                       tracked=tracked, progress=bar.log)
         # Measured again after the layers: other processes' load makes one reading too low.
         again = sgemm_ceiling(torch=torch)
         result["sgemm"] = {k: max(v, again[k]) for k, v in sg.items()}
         result["sgemm_gflops"] = result["sgemm"]["best"]
-        print("sgemm ceiling (float32 1024^3, best of before and after the layers): "
-              + ", ".join(f"{k} {v:.1f}" for k, v in result["sgemm"].items()) + " GFLOP/s")
+        bar.note("sgemm ceiling (float32 1024^3, best of before and after the layers): "
+                 + ", ".join(f"{k} {v:.1f}" for k, v in result["sgemm"].items()) + " GFLOP/s")
     if "scaling" in sections:
         if numba.get_num_threads() < 2:
-            print("scaling: skipped (1 thread)")
+            bar.log("scaling: skipped (1 thread)")
         else:
-            dense = [la for la in layers if layer_kind(la) == "dense"]
-            result["scaling"] = run_scaling(dense[:2] if quick else dense, min(batches),
-                                            with_torch=with_torch, budget=budget)
+            result["scaling"] = run_scaling(dense, min(batches), with_torch=with_torch,
+                                            budget=budget, progress=bar.log)
     if "elementwise" in sections:
-        shape = tuple(elementwise_shape or ((4, 64, 56, 56) if quick else (32, 64, 56, 56)))
         result["elementwise"], result["bandwidth_ceiling_gbs"] = run_elementwise(
-            shape, with_torch=with_torch, budget=budget)
+            shape, with_torch=with_torch, budget=budget, progress=bar.log)
     if "e2e" in sections:
-        result["e2e"] = run_e2e(nets, batches,
-                                with_torch=with_torch, budget=max(budget, 0.5))
+        result["e2e"] = run_e2e(nets, batches, with_torch=with_torch, budget=max(budget, 0.5),
+                                progress=bar.log)
     if "startup" in sections:
-        cold = not quick or bool(only)
         if not cold:
-            print("startup: the empty-cache ResNet-18 compile is skipped with --quick "
-                  "(use --only startup)")
-        result["startup"] = run_startup(first_call=True, cold=cold)
+            bar.note("startup: the empty-cache ResNet-18 compile is skipped with --quick "
+                     "(use --only startup)")
+        result["startup"] = run_startup(first_call=True, cold=cold, progress=bar.log)
+    bar.close()
     if out_dir:
         stem = dev + ("-quick" if quick else "")
         result = write_results(result, out_dir, stem, merge=merge)
