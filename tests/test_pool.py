@@ -77,6 +77,22 @@ def test_max_pool2d_all_negative_with_padding(device, dtype):
     assert (out < 0).all()
 
 
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=2, padding=1),
+                                dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+                                dict(kernel_size=2), dict(kernel_size=2, ceil_mode=True)],
+                         ids=["k3_s2_p1", "k3_s2_p1_ceil", "k2", "k2_ceil"])
+@pytest.mark.parametrize("xs", [(2, 3, 12, 56), (1, 2, 9, 71)], ids=["w56", "w71"])
+def test_stride2_wide_rows(rng, device, dtype, xs, kw):
+    # Rows wider than two vectors (the stride-2 path's blocks) with NaN, which max must keep,
+    # at block edges and inside.
+    x = rand(rng, xs, dtype)
+    x[0, 0, 1, [0, 15, 16, 31, 32, 33]] = np.nan
+    x[-1, -1, -1, -1] = np.nan
+    check_op("max_pool2d", (x,), kw, dtype, "exact", device)
+    for include in (True, False):
+        check_op("avg_pool2d", (x,), dict(kw, count_include_pad=include), dtype, "pool", device)
+
+
 @pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
 @pytest.mark.parametrize("kw", [dict(kernel_size=3, padding=2), dict(kernel_size=2, padding=2),
                                 dict(kernel_size=(4, 2), padding=(1, 2))])

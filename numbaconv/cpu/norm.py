@@ -5,10 +5,30 @@ import math
 import numpy as np
 from numba import prange
 
-from numbaconv.cpu._common import kernel
+from numbaconv.cpu import simd
+from numbaconv.cpu._common import helper, kernel
+from numbaconv.cpu.vecmath import fma, prefetch
 
-# Elements of one (n, c) plane per parallel task.
+# Elements per parallel task.
 CHUNK = 16384
+# Elements ahead that the loop prefetches (input and output): the hardware prefetcher alone left
+# it ~10% short of a plain copy's bandwidth.
+PREFETCH = 2048
+
+
+@helper
+def _affine(orow, xr, a, b):
+    """``orow = xr * a + b`` for contiguous 1-D segments, in explicit vectors (LLVM's own loop
+    uses 256-bit ones on this host)."""
+    lanes = simd.width(xr)
+    m = xr.shape[0]
+    full = m - m % lanes
+    for s in range(0, full, lanes):
+        prefetch(xr, s + PREFETCH, 0)
+        prefetch(orow, s + PREFETCH, 1)
+        simd.store(orow, s, fma(simd.load(xr, s), a, b))
+    if full < m:
+        simd.store_n(orow, full, fma(simd.load_n(xr, full, m - full), a, b), m - full)
 
 
 @kernel
@@ -30,16 +50,19 @@ def batch_norm(out, x, mean, var, weight, bias, eps):
         inv = weight[c] / math.sqrt(var[c] + eps)
         scale[c] = inv
         shift[c] = bias[c] - mean[c] * inv
-    tiles = (s_ + CHUNK - 1) // CHUNK
-    for t in prange(n_ * c_ * tiles):
-        nc = t // tiles
-        s0 = (t - nc * tiles) * CHUNK
-        s1 = min(s0 + CHUNK, s_)
-        n = nc // c_
-        c = nc - n * c_
-        a = scale[c]
-        b = shift[c]
-        xr = x[n, c, s0:s1]
-        orow = out[n, c, s0:s1]
-        for s in range(s1 - s0):
-            orow[s] = xr[s] * a + b
+    # Tasks are CHUNK consecutive elements of the flat (N * C * S) array, whatever the plane
+    # size: a task walks the planes it covers, so 7x7 planes do not make a task each.
+    xf = x.reshape((x.size,))
+    of = out.reshape((out.size,))
+    total = xf.shape[0]
+    for t in prange((total + CHUNK - 1) // CHUNK):
+        lo = t * CHUNK
+        hi = min(lo + CHUNK, total)
+        plane = lo // s_
+        while lo < hi:
+            end = min(hi, (plane + 1) * s_)
+            c = plane % c_
+            _affine(of[lo:end], xf[lo:end], scale[c], shift[c])
+            lo = end
+            plane += 1
+

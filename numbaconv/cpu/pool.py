@@ -44,11 +44,44 @@ def _evens(typingctx, a, b):
 
 
 @intrinsic
+def _odds(typingctx, a, b):
+    """Vector of lanes 1, 3, 5, ... of ``a`` followed by ``b``."""
+    if not (isinstance(a, simd.Vec) and a == b):
+        raise TypingError(f"_odds needs two vectors of one type, got {a}, {b}")
+
+    def codegen(context, builder, sig, args):
+        lanes = sig.args[0].lanes
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes),
+                           [2 * i + 1 for i in range(lanes)])
+        return builder.shuffle_vector(args[0], args[1], mask)
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def _shift_in(typingctx, prev, cur):
+    """Vector of the last lane of ``prev`` followed by the lanes of ``cur`` but its last: the
+    values one position before those of ``cur`` when ``prev`` holds the ones before it."""
+    if not (isinstance(prev, simd.Vec) and prev == cur):
+        raise TypingError(f"_shift_in needs two vectors of one type, got {prev}, {cur}")
+
+    def codegen(context, builder, sig, args):
+        lanes = sig.args[0].lanes
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes),
+                           [lanes - 1 + i for i in range(lanes)])
+        return builder.shuffle_vector(args[0], args[1], mask)
+
+    return prev(prev, cur), codegen
+
+
+@intrinsic
 def _nan_max(typingctx, m, v):
     """Lane-wise ``nan_max(m, v)``: ``v`` where ``v > m`` or ``v`` is NaN, else ``m``.
 
-    Three instructions on x86 (max, unordered compare, blend) against six for IEEE maximum
-    (``simd.maximum``); between equal values it keeps ``m``, as PyTorch's strict ``>`` does.
+    Three instructions on x86: ``max(v, m)`` (which is ``v > m ? v : m``), an unordered compare
+    of both and a masked ``m + v``, NaN where either is (six for IEEE maximum,
+    ``simd.maximum``; four for testing ``v`` alone, whose compare feeds the select). Between
+    equal values it keeps ``m``, as PyTorch's strict ``>`` does.
     """
     if not (isinstance(m, simd.Vec) and m == v):
         raise TypingError(f"_nan_max needs two vectors of one type, got {m}, {v}")
@@ -56,7 +89,7 @@ def _nan_max(typingctx, m, v):
     def codegen(context, builder, sig, args):
         mv, vv = args
         bigger = builder.select(builder.fcmp_ordered(">", vv, mv), vv, mv)
-        return builder.select(builder.fcmp_unordered("uno", vv, vv), vv, bigger)
+        return builder.select(builder.fcmp_unordered("uno", mv, vv), builder.fadd(mv, vv), bigger)
 
     return m(m, v), codegen
 
@@ -217,6 +250,63 @@ def _reduce_cols(mode, orow, tmp, off, sw, kw, dw, factors):
 
 
 @helper
+def _cols(mode, xf, base, col, n, nr, step, identity):
+    """Vector over lanes k of the ``mode`` reduction of ``xf[base + i * step + col + k]``,
+    i < nr (>= 1): input rows ``step`` apart. Lanes from ``n`` on (``n`` may be <= 0) are
+    ``identity`` and read nothing."""
+    lanes = simd.width(xf)
+    if n >= lanes:
+        acc = simd.load(xf, base + col)
+        for i in range(1, nr):
+            acc = _vop(mode, acc, simd.load(xf, base + i * step + col))
+    else:
+        acc = _load_fill(xf, base + col, n, identity)
+        for i in range(1, nr):
+            acc = _vop(mode, acc, _load_fill(xf, base + i * step + col, n, identity))
+    return acc
+
+
+@helper
+def _s2_fast(kw, sw, pw, dw):
+    """Whether ``_row_s2`` serves a window: stride 2 with 3 taps after 1 padding or 2 taps."""
+    return sw == 2 and dw == 1 and ((kw == 3 and pw == 1) or (kw == 2 and pw == 0))
+
+
+@helper
+def _row_s2(mode, of, obase, ow_, xf, base, nr, step, w_, pw, identity, factors):
+    """One output row ``of[obase : obase + ow_]`` of a stride-2 pooling whose windows are
+    columns (2o - 1, 2o, 2o + 1) (``pw`` 1) or (2o, 2o + 1) (``pw`` 0) of the ``mode``
+    reduction of the ``nr`` input rows ``xf[base + i * step :][:w_]``; times ``factors[o]`` for
+    SUM.
+
+    Everything stays in registers: the rows' reduction over 2 * lanes columns is split into its
+    even and odd columns, and column 2o - 1 is the odd vector shifted by one lane, the lane
+    before coming from the previous block. (Storing the rows' reduction to scratch and loading
+    it back at other offsets stalls on store forwarding.)
+    """
+    lanes = simd.width(xf)
+    prev = simd.splat(xf, identity)
+    for o0 in range(0, ow_, lanes):
+        c = 2 * o0
+        a = _cols(mode, xf, base, c, w_ - c, nr, step, identity)
+        b = _cols(mode, xf, base, c + lanes, w_ - c - lanes, nr, step, identity)
+        ev = _evens(a, b)
+        od = _odds(a, b)
+        if pw == 1:
+            acc = _vop(mode, _vop(mode, _shift_in(prev, od), ev), od)
+            prev = od
+        else:
+            acc = _vop(mode, ev, od)
+        if mode == SUM:
+            acc = simd.mul(acc, simd.load(factors, o0))
+        n = ow_ - o0
+        if n >= lanes:
+            simd.store(of, obase + o0, acc)
+        else:
+            simd.store_n(of, obase + o0, acc, n)
+
+
+@helper
 def _prefetch_ahead(xf, start, count):
     """Prefetch the ``count`` elements PREFETCH_BYTES past ``xf[start]`` (one hint per line): the
     input the rows a few iterations on will read, so that its fetch overlaps this row's work."""
@@ -270,17 +360,26 @@ def max_pool2d(out, x, kernel, stride, padding, dilation):
         r0[oh] = first
         nr[oh] = (stop - first) // dh
     xf = x.reshape((x.size,))
+    of = out.reshape((out.size,))
     rows = n_ * c_ * oh_
     tasks, per = _tasks(rows)
+    fast = _s2_fast(kw, sw, pw, dw)
     for t in prange(tasks):
         lo, hi = _task_rows(t, rows, per)
-        tmp = _scratch(x, ow_, kw, sw, dw, pw, -np.inf)
         n, c, oh = _row_index(lo, c_, oh_)
-        for _ in range(lo, hi):
-            _prefetch_ahead(xf, ((n * c_ + c) * h + r0[oh]) * w, sh * w)
-            _reduce_rows(MAX, tmp, pw, x[n, c], r0[oh], nr[oh], dh, -np.inf)
-            _reduce_cols(MAX, out[n, c, oh], tmp, 0, sw, kw, dw, tmp)
-            n, c, oh = _next_row(n, c, oh, c_, oh_)
+        if fast:
+            for r in range(lo, hi):
+                base = ((n * c_ + c) * h + r0[oh]) * w
+                _prefetch_ahead(xf, base, sh * w)
+                _row_s2(MAX, of, r * ow_, ow_, xf, base, nr[oh], dh * w, w, pw, -np.inf, xf)
+                n, c, oh = _next_row(n, c, oh, c_, oh_)
+        else:
+            tmp = _scratch(x, ow_, kw, sw, dw, pw, -np.inf)
+            for _ in range(lo, hi):
+                _prefetch_ahead(xf, ((n * c_ + c) * h + r0[oh]) * w, sh * w)
+                _reduce_rows(MAX, tmp, pw, x[n, c], r0[oh], nr[oh], dh, -np.inf)
+                _reduce_cols(MAX, out[n, c, oh], tmp, 0, sw, kw, dw, tmp)
+                n, c, oh = _next_row(n, c, oh, c_, oh_)
 
 
 @kernel
@@ -319,17 +418,26 @@ def avg_pool2d(out, x, kernel, stride, padding, count_include_pad):
             wcount = wend - wstart if count_include_pad else min(wend, w) - max(wstart, 0)
             inv[oh, o] = 1 / out.dtype.type(hcount * wcount) if o < ow_ else 0
     xf = x.reshape((x.size,))
+    of = out.reshape((out.size,))
     rows = n_ * c_ * oh_
     tasks, per = _tasks(rows)
+    fast = _s2_fast(kw, sw, pw, 1)
     for t in prange(tasks):
         lo, hi = _task_rows(t, rows, per)
-        tmp = _scratch(x, ow_, kw, sw, 1, pw, 0)
         n, c, oh = _row_index(lo, c_, oh_)
-        for _ in range(lo, hi):
-            _prefetch_ahead(xf, ((n * c_ + c) * h + r0[oh]) * w, sh * w)
-            _reduce_rows(SUM, tmp, pw, x[n, c], r0[oh], r1[oh] - r0[oh], 1, 0)
-            _reduce_cols(SUM, out[n, c, oh], tmp, 0, sw, kw, 1, inv[oh])
-            n, c, oh = _next_row(n, c, oh, c_, oh_)
+        if fast:
+            for r in range(lo, hi):
+                base = ((n * c_ + c) * h + r0[oh]) * w
+                _prefetch_ahead(xf, base, sh * w)
+                _row_s2(SUM, of, r * ow_, ow_, xf, base, r1[oh] - r0[oh], w, w, pw, 0, inv[oh])
+                n, c, oh = _next_row(n, c, oh, c_, oh_)
+        else:
+            tmp = _scratch(x, ow_, kw, sw, 1, pw, 0)
+            for _ in range(lo, hi):
+                _prefetch_ahead(xf, ((n * c_ + c) * h + r0[oh]) * w, sh * w)
+                _reduce_rows(SUM, tmp, pw, x[n, c], r0[oh], r1[oh] - r0[oh], 1, 0)
+                _reduce_cols(SUM, out[n, c, oh], tmp, 0, sw, kw, 1, inv[oh])
+                n, c, oh = _next_row(n, c, oh, c_, oh_)
 
 
 @helper
