@@ -87,7 +87,8 @@ def as_device_array(x):
 
 def to_device(a):
     """Copy a host array to a new device array."""
-    return cuda().to_device(np.ascontiguousarray(a))
+    # np.asarray(order="C") rather than np.ascontiguousarray, which makes 0-d arrays 1-d.
+    return cuda().to_device(np.asarray(a, order="C"))
 
 
 def to_host(d):

@@ -5,6 +5,12 @@ the device where the data lives and calls that backend's launcher (``numbaconv.c
 ``numbaconv.cuda``), which fills it. Layout is NCHW; inputs are float32 or float64 and the output
 has the input's dtype. NumPy in gives NumPy out; a device array in gives the same kind of device
 array out. Inputs are never modified.
+
+Training: every differentiable op ``op`` has ``op_backward(grad_output, <op's own arguments>)``.
+It always returns a tuple with one entry per array argument of ``op``, in order, even when there
+is only one (``grad_input, = softmax_backward(g, x, dim)``): that argument's gradient, or None
+where the argument was None or has no gradient (class-index targets). For a loss reduced to a
+0-d value, ``grad_output`` is a number or a 0-d array (1.0 for ``loss.backward()``).
 """
 
 import functools
@@ -19,6 +25,9 @@ __all__ = [
     "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm", "conv1d", "conv2d",
     "cross_entropy", "gelu", "hardswish", "leaky_relu", "linear", "log_softmax", "max_pool2d",
     "mse_loss", "relu", "relu6", "sigmoid", "silu", "softmax", "tanh",
+    # backward ops (training)
+    "cross_entropy_backward", "linear_backward", "log_softmax_backward", "mse_loss_backward",
+    "softmax_backward",
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -781,3 +790,248 @@ def mse_loss(input, target, reduction="mean"):
                                             call.ready("input").reshape((size,)),
                                             call.ready("target").reshape((size,)))
     return _reduce(call, per_item, dtype, reduction, size)
+
+
+# --------------------------------------------------------------------------------------------
+# Backward ops (training): F.<op>_backward(grad_output, <op's arguments>) returns a tuple with
+# one entry per array argument of the op, in order: its gradient, or None.
+# --------------------------------------------------------------------------------------------
+
+def _check_grad_output(call, shape, dtype, forward):
+    """``grad_output`` must have the shape of ``forward``'s output and the input's dtype."""
+    call.same_dtype(dtype, "grad_output")
+    got = tuple(call["grad_output"].shape)
+    if got != tuple(shape):
+        raise ValueError(f"{call.op}(): grad_output has shape {got} but {forward}() gives an "
+                         f"output of shape {tuple(shape)}; they must be equal")
+
+
+def _scalar_grad(op, grad_output, reduction):
+    """The gradient of a reduced (0-d) loss as a float: a number or a 0-d array."""
+    if isinstance(grad_output, numbers.Real) and not isinstance(grad_output, bool):
+        return float(grad_output)
+    if isinstance(grad_output, np.ndarray) or _cuda.is_device_array(grad_output):
+        if tuple(grad_output.shape) == ():
+            return float(_device.to_numpy(grad_output))
+        raise ValueError(f"{op}(): with reduction={reduction!r} the loss is 0-d, so grad_output "
+                         f"must be a number or a 0-d array, got shape "
+                         f"{tuple(grad_output.shape)}")
+    raise TypeError(f"{op}(): grad_output must be a number or a 0-d array with "
+                    f"reduction={reduction!r}, not {type(grad_output).__name__}")
+
+
+def _linear_args(call):
+    """Check linear's input, weight and bias as :func:`linear` does; return
+    (dtype, input shape, weight shape, out_features, in_features, vector_weight)."""
+    op = call.op
+    _rank(call, "input", tuple(range(1, 33)))
+    _rank(call, "weight", (1, 2))
+    dtype = call.float_dtype("input")
+    call.same_dtype(dtype, "weight", "bias")
+    xs, ws = tuple(call["input"].shape), tuple(call["weight"].shape)
+    vector_weight = len(ws) == 1
+    m, k = (1, ws[0]) if vector_weight else ws
+    if xs[-1] != k:
+        raise ValueError(f"{op}(): input's last dim is {xs[-1]} but weight of shape {ws} "
+                         f"expects {k} in_features")
+    if call["bias"] is not None:
+        if vector_weight:
+            raise ValueError(f"{op}(): a bias needs a 2-D weight (out_features, in_features); "
+                             f"got a 1-D weight of shape {ws}")
+        if tuple(call["bias"].shape) != (m,):
+            raise ValueError(f"{op}(): bias of shape {tuple(call['bias'].shape)} does not match "
+                             f"weight of shape {ws}; expected ({m},)")
+    return dtype, xs, ws, m, k, vector_weight
+
+
+def linear_backward(grad_output, input, weight, bias=None):
+    """Gradients of :func:`linear`: ``(grad_input, grad_weight, grad_bias)``.
+
+    Parameters
+    ----------
+    grad_output : array shaped as ``linear(input, weight, bias)``, the input's dtype
+    input, weight, bias : as in :func:`linear`
+
+    Returns
+    -------
+    tuple
+        ``grad_input = grad_output @ weight`` (input's shape), ``grad_weight = grad_output.T @
+        input`` over all leading dims (weight's shape), and ``grad_bias = grad_output`` summed
+        over all leading dims, or None when ``bias`` is None.
+    """
+    call = _Call("linear_backward", ("bias",), input=input, grad_output=grad_output,
+                 weight=weight, bias=bias)
+    dtype, xs, ws, m, k, vector_weight = _linear_args(call)
+    _check_grad_output(call, xs[:-1] + (() if vector_weight else (m,)), dtype, "linear")
+    rows = int(np.prod(xs[:-1]))
+    gx = call.empty((rows, k), dtype)
+    gw = call.empty((m, k), dtype)
+    gb = call.empty((m,), dtype) if call["bias"] is not None else None
+    _backend(call.device).linear_backward(
+        gx, gw, gb, call.ready("grad_output").reshape((rows, m)),
+        call.ready("input").reshape((rows, k)), call.ready("weight").reshape((m, k)))
+    return (call.finish(gx.reshape(xs)), call.finish(gw.reshape(ws)),
+            None if gb is None else call.finish(gb))
+
+
+def _softmax_backward(op, forward, grad_output, input, dim, log):
+    call = _Call(op, input=input, grad_output=grad_output)
+    dtype = call.float_dtype("input")
+    shape = tuple(call["input"].shape)
+    dim = _dim(op, dim, len(shape))
+    _check_grad_output(call, shape, dtype, forward)
+    full = shape if shape else (1,)
+    d3 = (int(np.prod(full[:dim])), full[dim], int(np.prod(full[dim + 1:])))
+    gx = call.empty(shape, dtype)
+    if gx.size:
+        _backend(call.device).softmax_backward(
+            gx.reshape(d3), call.ready("grad_output").reshape(d3), call.ready("input").reshape(d3),
+            log)
+    return (call.finish(gx),)
+
+
+def softmax_backward(grad_output, input, dim):
+    """Gradient of :func:`softmax` w.r.t. ``input``, as a 1-tuple ``(grad_input,)``.
+
+    ``grad_input = y * (grad_output - sum(grad_output * y, dim))`` with ``y = softmax(input,
+    dim)`` recomputed from ``input``; ``grad_output`` has the input's shape and dtype.
+    """
+    return _softmax_backward("softmax_backward", "softmax", grad_output, input, dim, False)
+
+
+def log_softmax_backward(grad_output, input, dim):
+    """Gradient of :func:`log_softmax` w.r.t. ``input``, as a 1-tuple ``(grad_input,)``.
+
+    ``grad_input = grad_output - softmax(input, dim) * sum(grad_output, dim)``.
+    """
+    return _softmax_backward("log_softmax_backward", "log_softmax", grad_output, input, dim, True)
+
+
+def _cross_entropy_args(call):
+    """Check cross_entropy's input and target as :func:`cross_entropy` does; return
+    (dtype, input shape, N, C, S, batched, probability target, host copy of index target)."""
+    op = call.op
+    _rank(call, "input", tuple(range(1, 33)))
+    dtype = call.float_dtype("input")
+    xs = tuple(call["input"].shape)
+    ts = tuple(call["target"].shape)
+    batched = len(xs) > 1
+    n, c, rest = (xs[0], xs[1], xs[2:]) if batched else (1, xs[0], ())
+    s = int(np.prod(rest))
+    tdtype = call["target"].dtype
+    prob = np.issubdtype(tdtype, np.floating)
+    host_t = None
+    if prob:
+        call.same_dtype(dtype, "target")
+        if ts != xs:
+            raise ValueError(f"{op}(): probability target must have the input's shape {xs}, "
+                             f"got {ts}")
+    else:
+        if not np.issubdtype(tdtype, np.integer):
+            raise TypeError(f"{op}(): target must hold integer class indices or float "
+                            f"probabilities, got dtype {tdtype}")
+        want = (xs[:1] + xs[2:]) if batched else ()
+        if ts != want:
+            raise ValueError(f"{op}(): class-index target must have shape {want} for input of "
+                             f"shape {xs}, got {ts}")
+        host_t = _device.to_numpy(call["target"])
+        if host_t.size and (host_t.min() < 0 or host_t.max() >= c):
+            bad = host_t[(host_t < 0) | (host_t >= c)].flat[0]
+            raise ValueError(f"{op}(): target {int(bad)} is out of bounds; class indices must "
+                             f"lie in [0, {c})")
+    return dtype, xs, n, c, s, batched, prob, host_t
+
+
+def cross_entropy_backward(grad_output, input, target, reduction="mean"):
+    """Gradients of :func:`cross_entropy`: ``(grad_input, grad_target)``.
+
+    Parameters
+    ----------
+    grad_output : number or 0-d array for reduction 'mean' and 'sum' (usually 1.0); for 'none'
+        an array of the per-item loss shape (N, d1, ...) and the input's dtype
+    input, target, reduction : as in :func:`cross_entropy`
+
+    Returns
+    -------
+    tuple
+        ``grad_input`` (input's shape): ``g * (softmax(input) - onehot(target))`` along the class
+        dim for class indices, ``g * (softmax(input) * sum(target) - target)`` for
+        probabilities, where ``g`` is the item's gradient (``grad_output / count`` for 'mean').
+        ``grad_target``: None for class indices (not differentiable), ``-g * log_softmax(input)``
+        for probabilities.
+
+    Examples
+    --------
+    >>> grad_logits, _ = F.cross_entropy_backward(1.0, logits, y)
+    """
+    op = "cross_entropy_backward"
+    _reduction(op, reduction)
+    per_item = reduction == "none"
+    arrays = dict(input=input, target=target)
+    if per_item:
+        arrays["grad_output"] = grad_output
+    call = _Call(op, **arrays)
+    dtype, xs, n, c, s, batched, prob, host_t = _cross_entropy_args(call)
+    if per_item:
+        _check_grad_output(call, (xs[:1] + xs[2:]) if batched else (), dtype, "cross_entropy")
+        scale = 1.0
+    else:
+        scale = _scalar_grad(op, grad_output, reduction)
+        if reduction == "mean" and n * s:
+            scale /= n * s
+    gx = call.empty(xs, dtype)
+    gt = call.empty(xs, dtype) if prob else None
+    if gx.size:
+        x = call.ready("input").reshape((n, c, s))
+        go = call.ready("grad_output").reshape((n, s)) if per_item else None
+        be = _backend(call.device)
+        if prob:
+            be.cross_entropy_prob_backward(gx.reshape((n, c, s)), gt.reshape((n, c, s)), x,
+                                           call.ready("target").reshape((n, c, s)), go, scale)
+        else:
+            if call.device == "cpu":
+                t = np.ascontiguousarray(host_t, dtype=np.int64)
+            elif call["target"].dtype == np.int64 and not call.host_in:
+                t = call.ready("target")
+            else:
+                t = _cuda.to_device(host_t.astype(np.int64))
+            be.cross_entropy_backward(gx.reshape((n, c, s)), x, t.reshape((n, s)), go, scale)
+    return call.finish(gx), None if gt is None else call.finish(gt)
+
+
+def mse_loss_backward(grad_output, input, target, reduction="mean"):
+    """Gradients of :func:`mse_loss`: ``(grad_input, grad_target)``.
+
+    ``grad_input = 2 * (input - target) * g`` with ``g`` the item's gradient (``grad_output /
+    input.size`` for 'mean'), and ``grad_target = -grad_input``. ``grad_output`` is a number or
+    a 0-d array for 'mean' and 'sum', an array of the input's shape and dtype for 'none'.
+    """
+    op = "mse_loss_backward"
+    _reduction(op, reduction)
+    per_item = reduction == "none"
+    arrays = dict(input=input, target=target)
+    if per_item:
+        arrays["grad_output"] = grad_output
+    call = _Call(op, **arrays)
+    dtype = call.float_dtype("input")
+    call.same_dtype(dtype, "target")
+    shape = tuple(call["input"].shape)
+    if tuple(call["target"].shape) != shape:
+        raise ValueError(f"{op}(): target shape {tuple(call['target'].shape)} differs from "
+                         f"input shape {shape}; they must be equal (no broadcasting)")
+    size = int(np.prod(shape))
+    if per_item:
+        _check_grad_output(call, shape, dtype, "mse_loss")
+        scale = 2.0
+    else:
+        scale = 2.0 * _scalar_grad(op, grad_output, reduction)
+        if reduction == "mean" and size:
+            scale /= size
+    gx = call.empty(shape, dtype)
+    gt = call.empty(shape, dtype)
+    if size:
+        go = call.ready("grad_output").reshape((size,)) if per_item else None
+        _backend(call.device).squared_error_backward(
+            gx.reshape((size,)), gt.reshape((size,)), call.ready("input").reshape((size,)),
+            call.ready("target").reshape((size,)), go, scale)
+    return call.finish(gx), call.finish(gt)

@@ -369,3 +369,33 @@ def cross_entropy(input, target, reduction="mean"):
 @_quiet
 def mse_loss(input, target, reduction="mean"):
     return _reduce((_f64(input) - _f64(target)) ** 2, reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients by central differences (the oracle for the backward ops)
+# ---------------------------------------------------------------------------------------------
+
+def numerical_grad(f, args, index, eps=1e-6):
+    """``d sum(f(*args)) / d args[index]`` by central differences, in float64.
+
+    ``args[index]`` is replaced by a float64 copy, which is perturbed one element at a time by
+    ``±eps``; the other arguments are passed as given. ``f`` may return an array: the two
+    evaluations are subtracted elementwise before summing, so terms that do not depend on the
+    perturbed element cancel exactly and the rounding error stays that of the terms that do.
+    Returns an array of that argument's shape.
+    """
+    args = list(args)
+    x = np.array(args[index], dtype=np.float64)
+    args[index] = x
+    flat = x.reshape(-1)
+    grad = np.empty(flat.size)
+    with np.errstate(all="ignore"):
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + eps
+            hi = np.asarray(f(*args), dtype=np.float64)
+            flat[i] = old - eps
+            lo = np.asarray(f(*args), dtype=np.float64)
+            flat[i] = old
+            grad[i] = np.sum(hi - lo) / (2 * eps)
+    return grad.reshape(x.shape)

@@ -18,6 +18,10 @@ pool:       max_pool2d(out, x, kernel, stride, padding, dilation)
 activation: activation(out, x, act, alpha)       x, out 1-D
 dense:      linear(out, x, w, b)                 x (M, K), w (N, K), b (N,) or None, out (M, N)
             softmax(out, x, log)                 x, out (outer, D, inner): softmax over axis 1
+            linear_backward(gx, gw, gb, go, x, w)
+                go (M, N) gradient of linear's out; gx (M, K) = go @ w, gw (N, K) = go.T @ x,
+                gb (N,) = go summed over rows, or None
+            softmax_backward(gx, go, x, log)     gx, go, x (outer, D, inner); y recomputed from x
 norm:       batch_norm(out, x, mean, var, weight, bias, eps)
                 x, out (N, C, S); mean, var, weight, bias (C,)
 loss:       cross_entropy(out, x, target)        x (N, C, S), target int64 (N, S) class indices
@@ -26,6 +30,19 @@ loss:       cross_entropy(out, x, target)        x (N, C, S), target int64 (N, S
             squared_error(out, x, t)             x, t, out 1-D: out = (x - t) ** 2
             reduce_sum(out, x, scale)            x 1-D, out (1,): out[0] = sum(x) * scale,
                                                  accumulated in float64
+            cross_entropy_backward(gx, x, target, go, scale)
+                gx, x (N, C, S), target int64 (N, S); go (N, S) per-item loss gradient or None
+                (then every item's gradient is scale; with go given it is go * scale)
+            cross_entropy_prob_backward(gx, gt, x, target, go, scale)
+                gx, gt, x, target (N, C, S): gradients w.r.t. logits and probabilities
+            squared_error_backward(gx, gt, x, t, go, scale)
+                all 1-D, go or None: gx = (x - t) * scale * go, gt = -gx (scale holds the 2)
+optim:      sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first)
+            adam(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, beta1, beta2, eps,
+                 weight_decay, bias_correction2_sqrt)
+                p, g and the state 1-D of one length; p and the state updated in place, g read
+                only; buf / max_exp_avg_sq None when momentum is 0 / without amsgrad; the
+                hyper-parameters are Python floats, as in torch.optim (see numbaconv.optim)
 """
 
 import os as _os
@@ -41,13 +58,19 @@ _jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)), [_jitcache.OPS_S
 
 from numbaconv.cpu.activation import activation  # noqa: E402
 from numbaconv.cpu.conv import conv2d  # noqa: E402
-from numbaconv.cpu.dense import linear, softmax  # noqa: E402
-from numbaconv.cpu.loss import cross_entropy, cross_entropy_prob, reduce_sum, squared_error  # noqa: E402
+from numbaconv.cpu.dense import linear, linear_backward, softmax, softmax_backward  # noqa: E402
+from numbaconv.cpu.loss import (  # noqa: E402
+    cross_entropy, cross_entropy_backward, cross_entropy_prob, cross_entropy_prob_backward,
+    reduce_sum, squared_error, squared_error_backward)
 from numbaconv.cpu.norm import batch_norm  # noqa: E402
+from numbaconv.cpu.optim import adam, sgd  # noqa: E402
 from numbaconv.cpu.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d  # noqa: E402
 
 __all__ = [
     "activation", "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm",
     "conv2d", "cross_entropy", "cross_entropy_prob", "linear", "max_pool2d", "reduce_sum",
     "softmax", "squared_error",
+    # training
+    "adam", "cross_entropy_backward", "cross_entropy_prob_backward", "linear_backward", "sgd",
+    "softmax_backward", "squared_error_backward",
 ]

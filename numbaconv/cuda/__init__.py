@@ -13,13 +13,19 @@ _jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)), [_jitcache.OPS_S
 
 from numbaconv.cuda.activation import activation  # noqa: E402
 from numbaconv.cuda.conv import conv2d  # noqa: E402
-from numbaconv.cuda.dense import linear, softmax  # noqa: E402
-from numbaconv.cuda.loss import cross_entropy, cross_entropy_prob, reduce_sum, squared_error  # noqa: E402
+from numbaconv.cuda.dense import linear, linear_backward, softmax, softmax_backward  # noqa: E402
+from numbaconv.cuda.loss import (  # noqa: E402
+    cross_entropy, cross_entropy_backward, cross_entropy_prob, cross_entropy_prob_backward,
+    reduce_sum, squared_error, squared_error_backward)
 from numbaconv.cuda.norm import batch_norm  # noqa: E402
+from numbaconv.cuda.optim import adam, sgd  # noqa: E402
 from numbaconv.cuda.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d  # noqa: E402
 
 __all__ = [
     "activation", "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm",
     "conv2d", "cross_entropy", "cross_entropy_prob", "linear", "max_pool2d", "reduce_sum",
     "softmax", "squared_error",
+    # training
+    "adam", "cross_entropy_backward", "cross_entropy_prob_backward", "linear_backward", "sgd",
+    "softmax_backward", "squared_error_backward",
 ]

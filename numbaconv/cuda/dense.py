@@ -171,3 +171,111 @@ def softmax(out, x, log):
         _softmax_block[outer, ROW_THREADS](out, x, bool(log))
     else:
         _softmax_thread[blocks(outer * inner), THREADS](out, x, bool(log))
+
+
+# ---- backward -------------------------------------------------------------------------------
+# One thread per output element, the reduction in a register: every element has one writer (no
+# atomics), and neighbouring threads take neighbouring k, so the loads along K coalesce.
+
+
+@_cuda.kernel("void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1])")
+def _linear_grad_input(gx, go, w):
+    """gx (M, K) = go (M, N) @ w (N, K); one thread per element of gx."""
+    m_, k_ = gx.shape
+    idx = cuda.grid(1)
+    if idx >= m_ * k_:
+        return
+    m = idx // k_
+    k = idx - m * k_
+    acc = gx.dtype.type(0)
+    for n in range(w.shape[0]):
+        acc += go[m, n] * w[n, k]
+    gx[m, k] = acc
+
+
+@_cuda.kernel("void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1])")
+def _linear_grad_weight(gw, go, x):
+    """gw (N, K) = go (M, N).T @ x (M, K); one thread per element of gw."""
+    n_, k_ = gw.shape
+    idx = cuda.grid(1)
+    if idx >= n_ * k_:
+        return
+    n = idx // k_
+    k = idx - n * k_
+    acc = gw.dtype.type(0)
+    for m in range(x.shape[0]):
+        acc += go[m, n] * x[m, k]
+    gw[n, k] = acc
+
+
+@_cuda.kernel("void({T}[::1], {T}[:, ::1])")
+def _linear_grad_bias(gb, go):
+    """gb (N,) = go (M, N) summed over rows; one thread per output feature."""
+    n = cuda.grid(1)
+    if n >= gb.shape[0]:
+        return
+    acc = gb.dtype.type(0)
+    for m in range(go.shape[0]):
+        acc += go[m, n]
+    gb[n] = acc
+
+
+def linear_backward(gx, gw, gb, go, x, w):
+    """Gradients of ``out = x @ w.T + b``.
+
+    Parameters
+    ----------
+    gx : (M, K) device array, filled with ``go @ w``.
+    gw : (N, K) device array, filled with ``go.T @ x``.
+    gb : (N,) device array filled with ``go.sum(0)``, or None (no bias).
+    go : (M, N) device array, the gradient of ``out``.
+    x : (M, K) device array.
+    w : (N, K) device array.
+    """
+    if gx.size:  # a zero grid dimension is a launch error
+        _linear_grad_input[blocks(gx.size), THREADS](gx, go, w)
+    if gw.size:
+        _linear_grad_weight[blocks(gw.size), THREADS](gw, go, x)
+    if gb is not None and gb.size:
+        _linear_grad_bias[blocks(gb.size), THREADS](gb, go)
+
+
+@_cuda.kernel("void({T}[:, :, ::1], {T}[:, :, ::1], {T}[:, :, ::1], boolean)")
+def _softmax_backward(gx, go, x, log):
+    """Softmax / log_softmax gradient over axis 1 of (outer, D, inner) arrays, one thread per
+    (outer, inner) row; y = softmax(x) is recomputed with a float64 sum."""
+    outer, d_, inner = x.shape
+    r = cuda.grid(1)
+    if r >= outer * inner:
+        return
+    o = r // inner
+    i = r - o * inner
+    m, s = max_sum_exp(x, o, i)
+    ls = math.log(s)
+    acc = 0.0
+    if log:
+        for d in range(d_):
+            acc += go[o, d, i]
+        for d in range(d_):
+            gx[o, d, i] = go[o, d, i] - math.exp((x[o, d, i] - m) - ls) * acc
+    else:
+        for d in range(d_):
+            acc += go[o, d, i] * math.exp((x[o, d, i] - m) - ls)
+        for d in range(d_):
+            gx[o, d, i] = math.exp((x[o, d, i] - m) - ls) * (go[o, d, i] - acc)
+
+
+def softmax_backward(gx, go, x, log):
+    """Gradient of softmax (or log_softmax when ``log``) over axis 1, recomputed from ``x``.
+
+    softmax: ``gx = y * (go - sum(go * y))``; log_softmax: ``gx = go - y * sum(go)``.
+
+    Parameters
+    ----------
+    gx, go, x : (outer, D, inner) device arrays; gx is filled in place.
+    log : bool, log_softmax.
+    """
+    outer, _, inner = x.shape
+    if gx.size == 0:
+        return
+    _softmax_backward[blocks(outer * inner), THREADS](gx, go, x, bool(log))

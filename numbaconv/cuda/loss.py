@@ -137,3 +137,124 @@ def reduce_sum(out, x, scale):
     partial = _cuda.empty(nb, np.float64)
     _sum_partials[nb, THREADS](x, partial)
     _sum_final[1, THREADS](out, partial, float(scale))
+
+
+# ---- backward -------------------------------------------------------------------------------
+# ``go`` is the gradient of the per-item loss times ``scale`` when ``per_item``; otherwise every
+# item's gradient is ``scale`` alone and ``go`` is a stand-in that is never read.
+
+
+@_cuda.kernel("void({T}[:, :, ::1], {T}[:, :, ::1], int64[:, ::1], {T}[:, ::1], float64, boolean)")
+def _cross_entropy_backward(gx, x, target, go, scale, per_item):
+    """gx[n, c, s] = g * (softmax(x)[n, c, s] - (c == target[n, s])); one thread per (n, s).
+
+    gx, x (N, C, S); target (N, S); go (N, S) or a stand-in.
+    """
+    n_, c_, s_ = x.shape
+    idx = cuda.grid(1)
+    if idx >= n_ * s_:
+        return
+    n = idx // s_
+    s = idx - n * s_
+    m, acc = max_sum_exp(x, n, s)
+    ls = math.log(acc)
+    g = scale * go[n, s] if per_item else scale
+    t = target[n, s]
+    for c in range(c_):
+        y = math.exp((x[n, c, s] - m) - ls)
+        gx[n, c, s] = g * (y - 1.0) if c == t else g * y
+
+
+@_cuda.kernel("void({T}[:, :, ::1], {T}[:, :, ::1], {T}[:, :, ::1], {T}[:, :, ::1], {T}[:, ::1], "
+              "float64, boolean)")
+def _cross_entropy_prob_backward(gx, gt, x, target, go, scale, per_item):
+    """gx = g * (softmax(x) * sum_c target - target), gt = -g * log_softmax(x) along axis 1 of
+    (N, C, S) arrays; one thread per (n, s)."""
+    n_, c_, s_ = x.shape
+    idx = cuda.grid(1)
+    if idx >= n_ * s_:
+        return
+    n = idx // s_
+    s = idx - n * s_
+    m, acc = max_sum_exp(x, n, s)
+    ls = math.log(acc)
+    g = scale * go[n, s] if per_item else scale
+    tsum = 0.0
+    for c in range(c_):
+        tsum += target[n, c, s]
+    for c in range(c_):
+        lp = (x[n, c, s] - m) - ls
+        gx[n, c, s] = g * (math.exp(lp) * tsum - target[n, c, s])
+        gt[n, c, s] = -g * lp
+
+
+@_cuda.kernel("void({T}[::1], {T}[::1], {T}[::1], {T}[::1], {T}[::1], float64, boolean)")
+def _squared_error_backward(gx, gt, x, t, go, scale, per_item):
+    """gx = (x - t) * scale * go (or * scale alone), gt = -gx; all (L,)."""
+    i = cuda.grid(1)
+    if i >= x.shape[0]:
+        return
+    v = (x[i] - t[i]) * x.dtype.type(scale)
+    if per_item:
+        v *= go[i]
+    gx[i] = v
+    gt[i] = -v
+
+
+def _stand_in(x):
+    # A C-contiguous 2-D view of x in place of a missing ``go`` (never read).
+    return x.reshape(x.shape[0], x.size // x.shape[0])
+
+
+def cross_entropy_backward(gx, x, target, go, scale):
+    """Gradient of the per-item cross-entropy against class indices, w.r.t. the logits.
+
+    Parameters
+    ----------
+    gx : (N, C, S) device array, filled in place.
+    x : (N, C, S) device array of logits.
+    target : (N, S) int64 device array of class indices in [0, C).
+    go : (N, S) device array, the gradient of each item's loss, or None: every item's is
+        ``scale``.
+    scale : float, multiplies ``go`` (or stands for it).
+    """
+    if gx.size == 0:
+        return
+    per_item = go is not None
+    n, _, s = x.shape
+    _cross_entropy_backward[blocks(n * s), THREADS](
+        gx, x, target, go if per_item else _stand_in(x), float(scale), per_item)
+
+
+def cross_entropy_prob_backward(gx, gt, x, target, go, scale):
+    """Gradients of the per-item cross-entropy against class probabilities.
+
+    Parameters
+    ----------
+    gx, gt : (N, C, S) device arrays, filled with the gradients w.r.t. logits and targets.
+    x, target : (N, C, S) device arrays (logits, probabilities).
+    go, scale : as in :func:`cross_entropy_backward`.
+    """
+    if gx.size == 0:
+        return
+    per_item = go is not None
+    n, _, s = x.shape
+    _cross_entropy_prob_backward[blocks(n * s), THREADS](
+        gx, gt, x, target, go if per_item else _stand_in(x), float(scale), per_item)
+
+
+def squared_error_backward(gx, gt, x, t, go, scale):
+    """Gradients of ``(x - t) ** 2`` (``scale`` already holds the factor 2 and any 1 / count).
+
+    Parameters
+    ----------
+    gx, gt : (L,) device arrays, filled with ``(x - t) * scale * go`` and its negation.
+    x, t : (L,) device arrays.
+    go : (L,) device array or None (every element's gradient is ``scale``).
+    scale : float.
+    """
+    if gx.size == 0:
+        return
+    per_item = go is not None
+    _squared_error_backward[blocks(x.shape[0]), THREADS](
+        gx, gt, x, t, go if per_item else x, float(scale), per_item)
