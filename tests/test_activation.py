@@ -67,6 +67,16 @@ def test_activation_nonfinite(device, dtype, name, kw):
     check_op(name, (x,), kw, dtype, "elementwise", device)
 
 
+@SIM_FP_WARNINGS
+@pytest.mark.parametrize("name, kw", args(ACTIVATIONS), ids=ids(ACTIVATIONS))
+def test_activation_edges_in_whole_vectors(rng, device, dtype, name, kw):
+    # The edge and non-finite values inside full SIMD vectors, not only a short masked tail.
+    x = rand(rng, (101,), dtype, -8, 8)
+    special = np.array(EDGES + NONFINITE, dtype=dtype)
+    x[3:3 + 3 * special.size:3] = special
+    check_op(name, (x,), kw, dtype, "elementwise", device)
+
+
 @pytest.mark.parametrize("name, kw", args(ACTIVATIONS), ids=ids(ACTIVATIONS))
 def test_activation_big(rng, device_big, dtype, name, kw):
     # Longer than the kernels' chunk sizes and not a multiple of them.

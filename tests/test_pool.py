@@ -134,6 +134,13 @@ ADAPTIVE_CASES = [
     ("none_keeps_size", (1, 2, 6, 5), (None, 2)),
     ("int_size", (1, 3, 9, 9), 4),
     ("unbatched", (3, 10, 7), (3, 2)),
+    # Column windows of a power-of-two width k dividing W (the in-register halving path), with
+    # rows that do not divide, W not a whole number of vectors, and k up to and past the lanes.
+    ("cols_k8_w56", (2, 3, 16, 56), 7),
+    ("cols_k4_tail", (1, 2, 5, 36), (2, 9)),
+    ("cols_k2_wide", (1, 2, 3, 70), (3, 35)),
+    ("cols_k16", (1, 2, 4, 64), (2, 4)),
+    ("cols_k32", (1, 2, 3, 96), (1, 3)),
 ]
 
 
@@ -150,6 +157,21 @@ def test_adaptive_big(rng, device_big, dtype):
     for size in [(7, 7), (1, 1), (4, 6)]:
         check_op("adaptive_avg_pool2d", (x,), dict(output_size=size), dtype, "pool", device)
         check_op("adaptive_max_pool2d", (x,), dict(output_size=size), dtype, "exact", device)
+
+
+@pytest.mark.parametrize("xs, size", [((2, 3, 9, 56), 7), ((1, 2, 4, 40), (2, 10)),
+                                      ((1, 2, 5, 48), (3, 3))], ids=["k8", "k4", "k16"])
+def test_adaptive_nan_inf(rng, device, dtype, xs, size):
+    # NaN must win its window (and only its window), at window and vector edges; infinities are
+    # ordinary values.
+    x = rand(rng, xs, dtype)
+    x[0, 0, 1, [0, 7, 8, 15, 16, 17, 31, 32]] = np.nan
+    x[-1, -1, -1, -1] = np.nan
+    x[0, 1, 0, 3] = np.inf
+    x[-1, 0, 2, :] = -np.inf
+    check_op("adaptive_max_pool2d", (x,), dict(output_size=size), dtype, "exact", device)
+    x[0, 1, 0, 3] = 1
+    check_op("adaptive_avg_pool2d", (x,), dict(output_size=size), dtype, "pool", device)
 
 
 @pytest.mark.parametrize("op", ["adaptive_avg_pool2d", "adaptive_max_pool2d"])

@@ -16,7 +16,7 @@ from numba.extending import overload
 from numbaconv import _ops
 from numbaconv.cpu import simd
 from numbaconv.cpu._common import apply_act, helper, kernel
-from numbaconv.cpu.vecmath import div, erfc, exp, prefetch, select, tanh
+from numbaconv.cpu.vecmath import div, erfc, exp, exp_nonpos, prefetch, select, tanh
 
 # Elements per parallel task: large enough to amortise scheduling, small enough to balance cores
 # (a (64, 112, 112) image is 49 tasks).
@@ -65,7 +65,8 @@ def _vact(v, act, alpha):
         return _HALF * v * erfc(v * _M_SQRT_HALF)
     if act == _GELU_TANH:
         w = v * (_GT_A + _GT_B * (v * v))
-        e = exp(-abs(w))
+        # A NaN v is NaN through v * ..., whatever e is.
+        e = exp_nonpos(-abs(w))
         return div(v * select(v >= _F0, _F1, e), _F1 + e)
     if act == _HARDSWISH:
         # -0.0 (NaN for -inf) below -3, as torch's x * relu6(x + 3) / 6.

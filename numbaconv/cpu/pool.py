@@ -7,6 +7,11 @@ vectors for stride 1, the even lanes of two vectors for stride 2, a scalar loop 
 scratch row has margins holding the reduction's identity (-inf, or 0 for sums), so padding and
 windows that run past the input need no bounds tests.
 
+Adaptive pooling whose column windows are all k wide, k a power of two within a vector (56 -> 7
+is 8), reduces the scratch row's columns in vectors too: pairwise halving steps (``_row_tree``)
+that leave one window per lane, in order. Other adaptive windows reduce their columns in a scalar
+loop.
+
 Maxima propagate NaN as PyTorch's do (``nan_max``, and its vector form ``_nan_max``). Sums run
 in the input's precision, as PyTorch's CPU pooling does, and averages multiply by 1 / divisor.
 
@@ -72,6 +77,49 @@ def _shift_in(typingctx, prev, cur):
         return builder.shuffle_vector(args[0], args[1], mask)
 
     return prev(prev, cur), codegen
+
+
+def _group_halves(second):
+    """An intrinsic ``(a, b, s)``: of each group of ``2 * s`` lanes of ``a`` followed by ``b``, the
+    first ``s`` lanes (the second ``s`` if ``second``), in order; ``s`` a power of two below the
+    lanes, chosen at run time by a switch over the constant shuffles."""
+
+    def typer(typingctx, a, b, s):
+        if not (isinstance(a, simd.Vec) and a == b and isinstance(s, types.Integer)):
+            raise TypingError(f"group halves need two vectors of one type and an int, got "
+                              f"{a}, {b}, {s}")
+
+        def codegen(context, builder, sig, args):
+            va, vb, sv = args
+            lanes = sig.args[0].lanes
+            sizes = [1 << i for i in range(lanes.bit_length() - 1)]  # 1, 2, ..., lanes / 2
+            if not sizes:
+                return va
+            i32 = ir.IntType(32)
+            end = builder.append_basic_block("halves.end")
+            cases = [builder.append_basic_block(f"halves.{g}") for g in sizes]
+            switch = builder.switch(sv, cases[-1])
+            results = []
+            for g, block in zip(sizes, cases):
+                switch.add_case(ir.Constant(sv.type, g), block)
+                builder.position_at_end(block)
+                mask = [(j // g) * 2 * g + j % g + (g if second else 0) for j in range(lanes)]
+                results.append((builder.shuffle_vector(
+                    va, vb, ir.Constant(ir.VectorType(i32, lanes), mask)), builder.block))
+                builder.branch(end)
+            builder.position_at_end(end)
+            phi = builder.phi(va.type)
+            for value, block in results:
+                phi.add_incoming(value, block)
+            return phi
+
+        return a(a, b, s), codegen
+
+    return intrinsic(typer)
+
+
+_firsts = _group_halves(False)
+_seconds = _group_halves(True)
 
 
 @intrinsic
@@ -468,6 +516,43 @@ def _windows(size, osize):
 
 
 @helper
+def _row_tree(mode, orow, tmp, plane, r0, nr, k, identity):
+    """``orow[o]`` = the ``mode`` reduction (the mean for SUM) of ``plane[r0 : r0 + nr,
+    o * k : (o + 1) * k]`` for every o, when ``k`` (a power of two, at most the lanes) times
+    ``orow``'s length is the width of the (H, W) ``plane``.
+
+    The rows' reduction goes to ``tmp`` in whole vectors (``identity`` past W), then halving
+    steps combine vector pairs: of each group of 2s lanes of the pair's lanes, the first s
+    against the last s, s = k / 2, ..., 1, which leaves the windows in order, one per lane,
+    with no scalar work. Every load reads back a whole vector stored at the same offset (store
+    forwarding). ``tmp`` must extend a vector past W.
+    """
+    w_ = plane.shape[1]
+    ow_ = orow.shape[0]
+    lanes = simd.width(tmp)
+    _reduce_rows(mode, tmp, 0, plane, r0, nr, 1, identity)
+    nv = _ceil_div(w_, lanes)
+    s = k // 2
+    while s >= 1:
+        half = _ceil_div(nv, 2)
+        for i in range(half):
+            a = simd.load(tmp, 2 * i * lanes)
+            b = simd.load(tmp, (2 * i + 1) * lanes) if 2 * i + 1 < nv else simd.splat(tmp, identity)
+            simd.store(tmp, i * lanes, _vop(mode, _firsts(a, b, s), _seconds(a, b, s)))
+        nv = half
+        s //= 2
+    scale = simd.splat(tmp, 1 / tmp.dtype.type(nr * k))
+    for o0 in range(0, ow_, lanes):
+        acc = simd.load(tmp, o0)
+        if mode == SUM:
+            acc = simd.mul(acc, scale)
+        if ow_ - o0 >= lanes:
+            simd.store(orow, o0, acc)
+        else:
+            simd.store_n(orow, o0, acc, ow_ - o0)
+
+
+@helper
 def _adaptive(mode, out, x):
     n_, c_, h, w = x.shape
     oh_, ow_ = out.shape[2], out.shape[3]
@@ -476,6 +561,10 @@ def _adaptive(mode, out, x):
     identity = 0 if mode == SUM else -np.inf
     rows = n_ * c_ * oh_
     tasks, per = _tasks(rows)
+    k = w // ow_
+    # Column windows all k wide, k a power of two within a vector: reduced in registers.
+    tree = w == k * ow_ and 1 <= k <= simd.width(x[0, 0, 0]) and k & (k - 1) == 0
+    xf = x.reshape((x.size,))
     for t in prange(tasks):
         lo, hi = _task_rows(t, rows, per)
         tmp = np.empty(w + simd.width(x[0, 0, 0]), x.dtype)
@@ -494,6 +583,9 @@ def _adaptive(mode, out, x):
                     for i in range(seg.shape[0]):
                         acc += seg[i]
                     orow[0] = acc / out.dtype.type(nr * w)
+            elif tree:
+                _prefetch_ahead(xf, ((n * c_ + c) * h + r0) * w, nr * w)
+                _row_tree(mode, orow, tmp, x[n, c], r0, nr, w // ow_, identity)
             else:
                 _reduce_rows(mode, tmp, 0, x[n, c], r0, nr, 1, identity)
                 for o in range(ow_):

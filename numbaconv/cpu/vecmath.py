@@ -12,6 +12,9 @@ CPU backend compiles ``numbaconv._ops``'s formulas with them in place of the ``m
 are exact: exp(-inf) = 0, exp(inf) = inf, tanh(+-inf) = +-1 (tanh keeps the sign of zero),
 erfc(-inf) = 2, erfc(inf) = 0. ``exp`` flushes results below 2**-125 (x < -86.5) to zero.
 
+``exp_nonpos`` is ``exp`` for arguments <= 0 without the overflow and NaN handling (a NaN gives
+an unspecified value), for formulas whose NaN reaches the result another way (GELU's tanh form).
+
 The same three functions also take float32 SIMD vectors (``simd.Vec``): the module gives ``Vec``
 the arithmetic, comparison, ``abs``/``min``/``max`` and ``fma``/``select`` operations their formulas
 use (scalars mixed in are broadcast), so one source serves scalar loops and explicit 512-bit
@@ -343,8 +346,9 @@ _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 
 
-def exp32(x):
-    """``e ** x`` for a float32 ``x``, in float32 arithmetic."""
+def exp_nonpos32(x):
+    """``e ** x`` for a float32 ``x <= 0`` (-inf included), in float32 arithmetic: :func:`exp32`
+    without its overflow and NaN select (a NaN ``x`` gives an unspecified value)."""
     # x = k ln 2 + r with k = round(x / ln 2), |r| <= ln(2) / 2 (Cody and Waite, in two fmas).
     kb = fma(x, _LOG2E, _MAGIC)
     k = kb - _MAGIC
@@ -356,7 +360,12 @@ def exp32(x):
     p = fma(p, r, _ONE)
     p = fma(p, r, _ONE)
     y = scale_pow2(p, kb)
-    y0 = select(x < _EXP_LO, _ZERO, y)
+    return select(x < _EXP_LO, _ZERO, y)
+
+
+def exp32(x):
+    """``e ** x`` for a float32 ``x``, in float32 arithmetic."""
+    y0 = exp_nonpos(x)
     # Overflow, +inf and NaN in one select: x * 2**127 is inf for x > _EXP_HI, NaN for NaN.
     return select(x <= _EXP_HI, y0, x * _BIG)
 
@@ -370,6 +379,22 @@ def exp(x):
 def _exp_overload(x):
     if _is_f32(x):
         return exp32
+    if isinstance(x, types.Float):
+        return lambda x: math.exp(x)
+    return None
+
+
+def exp_nonpos(x):
+    """``math.exp`` for ``x <= 0``; in jitted code float32 arguments (scalars or vectors) get
+    :func:`exp_nonpos32`, three vector instructions shorter than :func:`exp32`: for formulas
+    such as ``v * exp(-|w|)`` whose NaN comes from ``v`` whatever the exp gives."""
+    return math.exp(x)
+
+
+@overload(exp_nonpos, inline="always")
+def _exp_nonpos_overload(x):
+    if _is_f32(x):
+        return exp_nonpos32
     if isinstance(x, types.Float):
         return lambda x: math.exp(x)
     return None
