@@ -1,4 +1,4 @@
-"""Command line: ``python -m numbaconv info|bench`` (also installed as ``numbaconv``)."""
+"""Command line: ``python -m numbaconv info|bench|demo`` (also installed as ``numbaconv``)."""
 
 import argparse
 import sys
@@ -49,6 +49,19 @@ def main(argv=None):
     bench.add_argument("--fresh", action="store_true",
                        help="overwrite the results file instead of merging into it")
     bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    demo = sub.add_parser(
+        "demo", help="run the model zoo on the bundled digits and print images/s",
+        description="Builds lenet5, resnet18, mobilenet_v2 and squeezenet1_1 (10 classes, "
+                    "untrained), fuses them for inference and runs them over the bundled UCI "
+                    "handwritten digits (held-out split, upscaled to each model's input size), "
+                    "printing images/s. The first batch compiles the kernels, or loads them "
+                    "from the on-disk cache.")
+    demo.add_argument("--models", nargs="+", choices=("lenet5", "resnet18", "mobilenet_v2",
+                                                      "squeezenet1_1"),
+                      help="models to run (default: all)")
+    demo.add_argument("--batch", type=int, default=64, help="images per call (default 64)")
+    demo.add_argument("--rounds", type=int, default=2,
+                      help="timed passes over the data per model; the best is shown (default 2)")
     args = parser.parse_args(argv)
 
     import os
@@ -68,6 +81,10 @@ def main(argv=None):
                     with_torch=not args.no_torch, merge=not args.fresh,
                     tracked=not args.untracked_weights, budget=args.budget,
                     argv_text=" ".join(argv if argv is not None else sys.argv[1:]))
+    elif args.command == "demo":
+        from numbaconv import demo as _demo
+
+        _demo.main(args.models, args.batch, args.rounds)
     return 0
 
 
