@@ -18,7 +18,9 @@ def main(argv=None):
         description="Sections: conv (ResNet-50, MobileNetV2, VGG-16 layers; GFLOP/s next to "
                     "PyTorch and the sgemm ceiling), scaling (dense conv at 1 thread vs all), "
                     "elementwise (pooling, activations, batch_norm; GB/s vs a measured copy), "
-                    "e2e (ResNet-18, MobileNetV2 inference vs PyTorch eager), startup (first "
+                    "e2e (ResNet-18, MobileNetV2 inference through numbaconv.models, fused and "
+                    "unfused, vs PyTorch eager), memory (peak memory of ResNet-18's eval forward "
+                    "in fresh processes, vs PyTorch eager and a lower bound), startup (first "
                     "call with a warm cache, ResNet-18 compile with an empty one). Results go to "
                     "<out>/<device>.json, .md and .png (<device>-quick.* with --quick), merged "
                     "row by row with an earlier run on the same machine unless --fresh.")
@@ -26,15 +28,15 @@ def main(argv=None):
                        help="a few layers of each kind at batch 1, small elementwise tensors, "
                             "networks at batch 1, no empty-cache compile (under two minutes)")
     bench.add_argument("--only", nargs="+", choices=("conv", "scaling", "elementwise", "e2e",
-                                                     "startup"),
+                                                     "memory", "startup"),
                        help="run only these sections (default: all)")
     bench.add_argument("--sets", nargs="+", choices=("resnet50", "mobilenetv2", "vgg16"),
                        help="conv layer sets (default: all)")
     bench.add_argument("--batches", "--batch", dest="batches", type=int, nargs="+",
-                       help="batch sizes for conv and e2e (default: 1 32; --quick: 1); "
+                       help="batch sizes for conv, e2e and memory (default: 1 32; --quick: 1); "
                             "scaling uses the smallest")
     bench.add_argument("--nets", nargs="+", choices=("resnet18", "mobilenetv2"),
-                       help="networks for e2e (default: both)")
+                       help="networks for e2e (default: both) and memory (default: resnet18)")
     bench.add_argument("--elementwise-shape", type=int, nargs=4, metavar=("N", "C", "H", "W"),
                        help="tensor shape of the memory-bound ops (default 32 64 56 56; "
                             "--quick: 4 64 56 56)")

@@ -9,18 +9,23 @@ scaling      dense conv2d at 1 thread and at all threads (``numba.set_num_thread
              ``torch.set_num_threads`` likewise).
 elementwise  every pooling op, every activation and batch_norm in GB/s (bytes read + written),
              as a share of a measured bandwidth ceiling: a Numba parallel copy of the same size.
-e2e          ResNet-18 and MobileNetV2 inference as sequences of functional calls (BatchNorm
-             folded into the convs, activations and residual adds fused), next to the same
-             network in PyTorch eager (``torch.nn`` modules with BatchNorm, eval, no_grad).
+e2e          ResNet-18 and MobileNetV2 inference through ``numbaconv.models``: the time of
+             ``nn.fuse(model)(x)`` (BatchNorm folded, activations and residual adds in the conv
+             epilogue; the path a user takes), next to the same network in PyTorch eager
+             (``torch.nn`` modules with BatchNorm, eval, no_grad) and to the unfused model.
+memory       ResNet-18's eval forward at batch 1 and 32, each in a fresh process: peak
+             NumPy-side memory (tracemalloc), the rise of the resident set over the forward, the
+             weights, the input and a lower bound (the largest layer's input + output); PyTorch
+             eager's resident set likewise.
 startup      in fresh processes: ``import numbaconv`` and the first conv2d call with the on-disk
-             cache warm; a ResNet-18 forward with an empty cache (``NUMBA_CACHE_DIR`` set to a new
-             folder), compile included.
+             cache warm; the fused ResNet-18's first forward with an empty cache
+             (``NUMBA_CACHE_DIR`` set to a new folder), compile included.
 
 Every timed result is first checked (conv: sampled outputs against a float64 direct sum;
-memory-bound ops: a float64 NumPy reference; networks: PyTorch's logits), so a fast wrong kernel
-cannot report a number; a failed check raises :class:`BenchCheckError`. Timed functions run in
-alternating rounds (numbaconv, PyTorch, numbaconv, ...) so that load from other processes hits
-both alike; the reported time is the best round, the median is kept too.
+memory-bound ops: a float64 NumPy reference; networks: PyTorch's logits, fused and unfused), so
+a fast wrong kernel cannot report a number; a failed check raises :class:`BenchCheckError`. Timed
+functions run in alternating rounds (numbaconv, PyTorch, numbaconv, ...) so that load from other
+processes hits both alike; the reported time is the best round, the median is kept too.
 
 The layer shapes live here (not only in ``bench/``) so that the command works from an installed
 package; ``bench/shapes.py`` re-exports them.
@@ -34,7 +39,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import contextlib  # noqa: E402
 import datetime  # noqa: E402
-import inspect  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
@@ -49,11 +53,12 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import prange  # noqa: E402
 
+from numbaconv import _weights  # noqa: E402
 from numbaconv import device as _device  # noqa: E402
 from numbaconv import functional as F  # noqa: E402
+from numbaconv import nn  # noqa: E402
+from numbaconv._benchnets import NETS, build, randomize_batchnorm, torch_net  # noqa: E402
 from numbaconv._progress import Progress  # noqa: E402
-from numbaconv._benchnets import (NETS, _track, fold_batchnorm, network_forward,  # noqa: E402
-                                  network_program, network_weights, torch_net)
 
 # (name, C, OC, H=W, kernel, stride, padding, groups) per layer; batch is chosen by the run.
 # A name starts with its set's name.
@@ -97,7 +102,7 @@ _QUICK_NAMES = ("resnet50.3x3.56", "resnet50.3x3.14", "resnet50.3x3s2.28",
                 "resnet50.1x1.56.256-64", "resnet50.1x1.14.1024-256", "vgg16.3x3.28.512",
                 "mobilenetv2.dw3x3.56.144", "mobilenetv2.dw3x3.14.576")
 QUICK = [layer for s in SETS.values() for layer in s if layer[0] in _QUICK_NAMES]
-SECTIONS = ("conv", "scaling", "elementwise", "e2e", "startup")
+SECTIONS = ("conv", "scaling", "elementwise", "e2e", "memory", "startup")
 
 CONV_RTOL = 1e-5  # sampled conv outputs, relative to |patch| * |filter| (float32)
 ELEMENTWISE_TOL = 1e-5  # |y - ref| / max(1, |ref|), float32
@@ -315,7 +320,7 @@ def run_conv(layers, batch, dtype=np.float32, with_torch=True, budget=0.5, track
         w = (rng.standard_normal((oc, c // g, k, k)) / np.sqrt(c // g * k * k)).astype(dtype)
         xd, wd = _device.to_device(x, dev), _device.to_device(w, dev)
         if tracked and dev == "cpu":
-            _track(wd)
+            _weights.track(wd)
         out = F.conv2d(xd, wd, stride=s, padding=p, groups=g)
         err = _sample_check(out, x, w, s, p, g, rng)
         tol = CONV_RTOL if dtype == np.float32 else 1e-12
@@ -421,7 +426,7 @@ def run_scaling(layers, batch, with_torch=True, budget=0.5, progress=print):
     rows = []
     for name, c, oc, hw, k, s, p, g in layers:
         x = rng.standard_normal((batch, c, hw, hw)).astype(np.float32)
-        w = _track((rng.standard_normal((oc, c // g, k, k)) / np.sqrt(c * k * k / g))
+        w = _weights.track((rng.standard_normal((oc, c // g, k, k)) / np.sqrt(c * k * k / g))
                    .astype(np.float32))
 
         def nc_call():
@@ -630,58 +635,238 @@ def run_elementwise(shape=(32, 64, 56, 56), dtype=np.float32, with_torch=True, b
 
 
 # ---------------------------------------------------------------------------------------------
-# Networks end to end (the networks themselves are in numbaconv._benchnets)
+# Networks end to end, through numbaconv.models (the builders are in numbaconv._benchnets)
 # ---------------------------------------------------------------------------------------------
+
+def _path(net, small, fused=True):
+    """The timed numbaconv call, in words, for the rows."""
+    args = {"resnet18": "num_classes=10" if small else "",
+            "mobilenetv2": "num_classes=10, width_mult=0.25" if small else ""}[net]
+    call = f"models.{'mobilenet_v2' if net == 'mobilenetv2' else net}({args})"
+    return f"nn.fuse({call})(x)" if fused else f"{call}(x)"
+
+
+def _logits_error(got, ref):
+    return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
 
 def run_e2e(nets=NETS, batches=(1, 32), image=224, with_torch=True, budget=1.0, small=False,
             progress=print):
-    """Images/s of each network's inference on numbaconv next to PyTorch eager (CPU).
+    """Images/s of each network's inference through ``numbaconv.models`` next to PyTorch eager
+    (CPU).
 
-    The logits are checked against PyTorch's (``E2E_RTOL``) before anything is timed; without
-    PyTorch there is no reference and nothing is timed.
+    The model (eval, NumPy-seeded initialisation, BatchNorm statistics and affine parameters away
+    from the identity) and its PyTorch twin share one state_dict. The timed numbaconv call is
+    ``nn.fuse(model)(x)``; the unfused ``model(x)`` is timed in the same rounds (the
+    ``numbaconv_unfused_*`` columns: what fusion gains). Both paths' logits are checked against
+    PyTorch's (``E2E_RTOL``) before anything is timed; without PyTorch there is no reference
+    and nothing is timed. ``small`` runs the cheap variants of :func:`numbaconv._benchnets.build`.
     """
     torch = _torch() if with_torch else None
     if torch is None:
         progress("e2e: skipped (needs PyTorch as the reference for the logits)")
         return []
     torch.set_num_threads(numba.get_num_threads())
-    fused = "residual" in inspect.signature(F.conv2d).parameters
     rows = []
     for net in nets:
-        prog = network_program(net, small)
-        sd = network_weights(prog)
-        params = fold_batchnorm(prog, sd)
-        model = torch_net(torch, net, sd, small)
+        model = build(net, small)
+        tmodel = torch_net(torch, net, randomize_batchnorm(model), small)
+        fused = nn.fuse(model)
         for batch in batches:
             x = np.random.default_rng(batch).standard_normal((batch, 3, image, image),
                                                              dtype=np.float32)
             tx = torch.from_numpy(x)
             with torch.no_grad():
-                ref = model(tx).numpy()
-            got = network_forward(prog, params, x, fused)
-            err = float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
-            if not err < E2E_RTOL:
-                raise BenchCheckError(f"{net} batch {batch}: numbaconv logits differ from "
-                                      f"PyTorch's by {err:.2e} of their largest (> {E2E_RTOL:.0e});"
-                                      " not timed")
+                ref = tmodel(tx).numpy()
+            errs = {"fused": _logits_error(_device.to_numpy(fused(x)), ref),
+                    "unfused": _logits_error(_device.to_numpy(model(x)), ref)}
+            for which, err in errs.items():
+                if not err < E2E_RTOL:
+                    raise BenchCheckError(
+                        f"{net} batch {batch}: numbaconv's {which} logits differ from PyTorch's "
+                        f"by {err:.2e} of their largest (> {E2E_RTOL:.0e}); not timed")
 
             def t_call():
                 with torch.no_grad():
-                    return model(tx)
-            timed = _time_rounds({"numbaconv": lambda: network_forward(prog, params, x, fused),
-                                  "torch": t_call}, budget)
+                    return tmodel(tx)
+            timed = _time_rounds({"numbaconv": lambda: fused(x),
+                                  "numbaconv_unfused": lambda: model(x), "torch": t_call}, budget)
             row = {"net": net, "batch": batch, "image": image, "threads": numba.get_num_threads(),
-                   "fused_residual": fused, "logits_rel_err": err}
+                   "small": small, "path": _path(net, small),
+                   "unfused_path": _path(net, small, fused=False),
+                   "torch_path": "torch.nn eager, eval, no_grad",
+                   "logits_rel_err": errs["fused"], "unfused_logits_rel_err": errs["unfused"]}
             for label, t in timed.items():
                 row[f"{label}_ms"] = t["best_ms"]
                 row[f"{label}_median_ms"] = t["median_ms"]
                 row[f"{label}_images_per_s"] = batch / t["best_ms"] * 1e3
             row["torch_over_numbaconv"] = row["torch_ms"] / row["numbaconv_ms"]
+            row["fusion_speedup"] = row["numbaconv_unfused_ms"] / row["numbaconv_ms"]
             rows.append(row)
-            progress(f"{net:<12} b={batch:<3} numbaconv {row['numbaconv_images_per_s']:8.1f} img/s"
-                     f" | torch {row['torch_images_per_s']:8.1f} img/s | torch/nc "
-                     f"{row['torch_over_numbaconv']:.2f} (logits err {err:.1e})")
+            progress(f"{net:<12} b={batch:<3} fused {row['numbaconv_images_per_s']:8.1f} img/s"
+                     f" | unfused {row['numbaconv_unfused_images_per_s']:8.1f} | torch "
+                     f"{row['torch_images_per_s']:8.1f} | torch/nc "
+                     f"{row['torch_over_numbaconv']:.2f} (logits err {errs['fused']:.1e})")
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory of an eval forward, in fresh processes
+# ---------------------------------------------------------------------------------------------
+
+# The peak resident set is read from VmHWM: getrusage's ru_maxrss also counts the parent's
+# peak, which exec hands down. glibc gives a freed block back to the system only if it was mapped
+# on its own (above the mmap threshold); the default threshold grows with use, after which freed
+# activations stay resident and the next forward's rise no longer shows what it needs.
+_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+RSS_METHOD = ("peak resident set over the second forward minus the resident set before it "
+              "(VmHWM of /proc/self/status, reset through /proc/self/clear_refs; "
+              f"glibc MALLOC_MMAP_THRESHOLD_={_MEMORY_ENV['MALLOC_MMAP_THRESHOLD_']} so freed "
+              "arrays leave the process)")
+TRACED_METHOD = ("input + peak of tracemalloc over the third forward (NumPy-side arrays made "
+                 "during it: activations, output, per-call scratch; allocations inside Numba "
+                 "kernels and pooled workspaces kept from earlier calls are not in it)")
+
+_MEMORY_CHILD = """
+import gc, json, sys, tracemalloc
+import numpy as np
+net, small, image, batch, impl = json.loads(sys.argv[1])
+
+
+def status():
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def nbytes_of(values, seen):
+    total = 0
+    for v in values:
+        if hasattr(v, "nbytes") and hasattr(v, "__array_interface__"):
+            key = v.__array_interface__["data"][0]
+            if key not in seen:
+                seen.add(key)
+                total += v.nbytes
+    return total
+
+
+from numbaconv import _benchnets as nets
+x = np.random.default_rng(0).standard_normal((batch, 3, image, image), dtype=np.float32)
+res = {"input_bytes": x.nbytes}
+if impl == "torch":
+    import torch
+    model = nets.torch_net(torch, net, None, small)
+    tx = torch.from_numpy(x)
+    res["weights_bytes"] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+    def forward():
+        with torch.no_grad():
+            return model(tx)
+else:
+    from numbaconv import nn
+    from numbaconv.cpu import workspace
+    model = nets.build(net, small)
+    if impl == "fused":
+        model = nn.fuse(model)
+    res["weights_bytes"] = sum(v.nbytes for v in model.state_dict().values())
+
+    def forward():
+        return model(x)
+forward()  # compiles or loads the kernels, packs the weights, fills the workspace pool
+gc.collect()
+before = status()["VmRSS"]
+res["peak_reset"] = reset_peak()
+y = forward()
+res["max_rss_bytes"] = status()["VmHWM"]
+res["rss_before_bytes"] = before
+res["rss_rise_bytes"] = max(0, res["max_rss_bytes"] - before)
+del y
+if impl != "torch":
+    res["weight_cache_bytes"] = workspace.WEIGHTS.stats()["bytes"]
+    pool = getattr(workspace.POOL, "_free", {})
+    res["workspace_pool_bytes"] = sum(b.nbytes for free in pool.values() for b in free)
+    gc.collect()
+    tracemalloc.start()
+    y = forward()
+    res["traced_forward_bytes"] = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    del y
+    # The lower bound: a layer's input(s) and output are alive together, and so is the
+    # network's input, which the caller holds.
+    largest = [0, "", 0]
+
+    def wrap(name, fn):
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            seen = set()
+            b = nbytes_of(args, seen) + nbytes_of(kwargs.values(), seen) + nbytes_of([out], seen)
+            if b > largest[0]:
+                largest[:] = [b, name, b + nbytes_of([x], seen)]
+            return out
+        return call
+    for name, m in model.named_modules():
+        if not list(m.children()):
+            m.forward = wrap(name, m.forward)
+    forward()
+    res["largest_layer_io_bytes"], res["largest_layer"], res["lower_bound_bytes"] = largest
+print("RESULT " + json.dumps(res))
+"""
+
+_IMPLS = {"fused": "numbaconv nn.fuse(model)", "unfused": "numbaconv model (unfused)",
+          "torch": "torch eager, no_grad"}
+
+
+def run_memory(nets=("resnet18",), batches=(1, 32), image=224, small=False, with_torch=True,
+               unfused=True, progress=print):
+    """Peak memory of one eval forward, each (net, batch, implementation) in a fresh process
+    (CPU): the fused model, the unfused one (``unfused``) and PyTorch eager (``with_torch``).
+
+    In the child the model is built and run once (kernels compiled or loaded, weights packed,
+    workspace pool filled), then measured on later forwards; see ``RSS_METHOD`` and
+    ``TRACED_METHOD``. Next to those: the weights' and the input's bytes, the packed-weight
+    cache and the workspace pool (numbaconv), and the lower bound of any forward: the largest
+    input(s) + output of a single leaf layer (recorded by wrapping each leaf's ``forward``),
+    plus the network's input where that layer does not read it (the caller holds it).
+    """
+    impls = ["fused"] + (["unfused"] if unfused else [])
+    if with_torch and _torch() is not None:
+        impls.append("torch")
+    rows = []
+    for net in nets:
+        for batch in batches:
+            for impl in impls:
+                res = _child(_MEMORY_CHILD, [net, small, image, batch, impl], env=_MEMORY_ENV)
+                row = dict(res, net=net, batch=batch, image=image, small=small, impl=_IMPLS[impl],
+                           rss_method=RSS_METHOD)
+                if "traced_forward_bytes" in row:
+                    row["traced_method"] = TRACED_METHOD
+                    row["traced_peak_bytes"] = row["input_bytes"] + row["traced_forward_bytes"]
+                rows.append(row)
+                line = (f"{net:<12} b={batch:<3} {_IMPLS[impl]:<26} RSS rise "
+                        f"{_mib(row['rss_rise_bytes']):7.1f} MiB")
+                if "traced_peak_bytes" in row:
+                    line += (f", traced peak {_mib(row['traced_peak_bytes']):7.1f} MiB, lower "
+                             f"bound {_mib(row['lower_bound_bytes']):7.1f} MiB "
+                             f"({row['largest_layer']})")
+                progress(line)
+    return rows
+
+
+def _mib(nbytes):
+    return nbytes / (1 << 20)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,18 +898,18 @@ _COLD_NET_CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
 from numbaconv import _benchnets as nets
+from numbaconv import nn
 t1 = time.perf_counter()
 net, small, image = json.loads(sys.argv[1])
-prog = nets.network_program(net, small)
-params = nets.fold_batchnorm(prog, nets.network_weights(prog))
+model = nn.fuse(nets.build(net, small))
 import numpy as np
 x = np.random.default_rng(0).standard_normal((1, 3, image, image), dtype=np.float32)
 t2 = time.perf_counter()
-nets.network_forward(prog, params, x)
+model(x)
 t3 = time.perf_counter()
-nets.network_forward(prog, params, x)
+model(x)
 t4 = time.perf_counter()
-print("RESULT " + json.dumps({"import_s": t1 - t0, "first_forward_s": t3 - t2,
+print("RESULT " + json.dumps({"import_s": t1 - t0, "build_s": t2 - t1, "first_forward_s": t3 - t2,
                               "total_s": (t1 - t0) + (t3 - t2), "second_forward_s": t4 - t3}))
 """
 
@@ -738,7 +923,7 @@ def _child(code, arg, env=None, timeout=900):
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"start-up child failed (exit {proc.returncode}):\n"
+        raise RuntimeError(f"benchmark child process failed (exit {proc.returncode}):\n"
                            f"{proc.stderr[-3000:]}")
     res = json.loads(lines[-1][len("RESULT "):])
     res["process_wall_s"] = wall
@@ -821,10 +1006,26 @@ def summarize(result):
             rows.append(_row(f"pointwise conv2d, MobileNetV2, batch {b}: geomean torch/nc", gm,
                              None, "x", f"{len(pw)} layers (no target)"))
     for r in result.get("e2e", []):
+        unfused = r.get("numbaconv_unfused_images_per_s")
         rows.append(_row(f"{r['net']} inference, batch {r['batch']}: torch/nc time",
                          r["torch_over_numbaconv"], TARGETS["e2e"], "x",
                          f"{r['numbaconv_images_per_s']:.1f} vs {r['torch_images_per_s']:.1f} "
-                         f"img/s, image {r['image']}"))
+                         f"img/s, image {r['image']}; {r.get('path', 'functional calls')}"
+                         + (f"; unfused {unfused:.1f} img/s" if unfused else "")))
+    for r in result.get("memory", []):
+        if "traced_peak_bytes" not in r or not r["impl"].startswith("numbaconv nn.fuse"):
+            continue
+        torch_rows = [t for t in result["memory"] if t["impl"].startswith("torch")
+                      and (t["net"], t["batch"], t["image"]) == (r["net"], r["batch"], r["image"])]
+        rows.append(_row(f"{r['net']} eval forward, batch {r['batch']}: peak / lower bound",
+                         r["traced_peak_bytes"] / r["lower_bound_bytes"], None, "x",
+                         f"fused: input + NumPy-side peak {_mib(r['traced_peak_bytes']):.1f} MiB, "
+                         f"lower bound {_mib(r['lower_bound_bytes']):.1f} MiB ({r['largest_layer']}"
+                         f" in+out + network input), resident set rise "
+                         f"{_mib(r['rss_rise_bytes']):.1f} MiB"
+                         + "".join(f"; torch eager resident set rise "
+                                   f"{_mib(t['rss_rise_bytes']):.1f} MiB" for t in torch_rows)
+                         + " (no target)"))
     allmem = [r for r in result.get("elementwise", []) if "pct_of_ceiling" in r]
     for shape in sorted({tuple(r["shape"]) for r in allmem}):
         mem = [r for r in allmem if tuple(r["shape"]) == shape]
@@ -870,7 +1071,8 @@ def summarize(result):
 
 # Rows of a section are merged with an earlier run's by these keys (a new row replaces an old).
 _KEYS = {"conv": ("layer", "batch", "dtype", "device"), "scaling": ("layer", "batch"),
-         "elementwise": ("op", "shape", "dtype", "device"), "e2e": ("net", "batch", "image")}
+         "elementwise": ("op", "shape", "dtype", "device"), "e2e": ("net", "batch", "image"),
+         "memory": ("net", "batch", "image", "impl")}
 
 
 def merge_results(old, new):
@@ -966,14 +1168,45 @@ def to_markdown(result):
                          f"{r['numbaconv_gbs']:.1f} | {pct} | {tg} | {cg} |")
         lines.append("")
     if result.get("e2e"):
-        lines += ["## Inference end to end (functional calls, BatchNorm folded; torch eager "
-                  "with BatchNorm)", "",
-                  "| net | batch | numbaconv img/s | torch img/s | torch/nc | logits rel err |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        paths = sorted({r.get("path", "functional calls") for r in result["e2e"]})
+        lines += ["## Inference end to end", "",
+                  f"numbaconv: {'; '.join(paths)} (BatchNorm folded, activation and residual add "
+                  "in the conv epilogue); unfused: the same model without nn.fuse; torch: the "
+                  "same network from torch.nn modules with BatchNorm, eager, eval, no_grad. "
+                  "Logits checked against torch's before timing.", "",
+                  "| net | batch | numbaconv img/s | unfused img/s | torch img/s | torch/nc | "
+                  "fusion speedup | logits rel err |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in result["e2e"]:
+            unf = r.get("numbaconv_unfused_images_per_s")
             lines.append(f"| {r['net']} | {r['batch']} | {r['numbaconv_images_per_s']:.1f} | "
+                         f"{'-' if unf is None else f'{unf:.1f}'} | "
                          f"{r['torch_images_per_s']:.1f} | {r['torch_over_numbaconv']:.2f} | "
-                         f"{r['logits_rel_err']:.1e} |")
+                         f"{_fmt(r.get('fusion_speedup'), 'x')} | {r['logits_rel_err']:.1e} |")
+        lines.append("")
+    if result.get("memory"):
+        mem = result["memory"]
+        lines += ["## Peak memory (eval forward, one fresh process per row)", "",
+                  f"- resident set rise: {mem[0]['rss_method']}.",
+                  f"- traced peak: {TRACED_METHOD}.",
+                  "- lower bound: the largest input(s) + output of any single leaf layer, plus the "
+                  "network's input where that layer does not read it (the caller holds it).",
+                  "- weight cache and pool: numbaconv's packed/transformed weights and pooled "
+                  "workspaces, kept between calls (not part of the rise).", "",
+                  "| net | batch | image | implementation | weights MiB | input MiB | "
+                  "lower bound MiB (layer) | traced peak MiB | resident set rise MiB | "
+                  "weight cache MiB | workspace pool MiB |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+        def mib(r, key):
+            return f"{_mib(r[key]):.1f}" if r.get(key) is not None else "-"
+        for r in mem:
+            bound = (f"{mib(r, 'lower_bound_bytes')} ({r['largest_layer']})"
+                     if "largest_layer" in r else "-")
+            lines.append(f"| {r['net']} | {r['batch']} | {r['image']} | {r['impl']} | "
+                         f"{mib(r, 'weights_bytes')} | {mib(r, 'input_bytes')} | {bound} | "
+                         f"{mib(r, 'traced_peak_bytes')} | {mib(r, 'rss_rise_bytes')} | "
+                         f"{mib(r, 'weight_cache_bytes')} | {mib(r, 'workspace_pool_bytes')} |")
         lines.append("")
     st = result.get("startup", {})
     if st:
@@ -985,16 +1218,18 @@ def to_markdown(result):
                          f"(layer N, C, OC, H, K, pad = {fc['layer']})")
         if "cold" in st:
             c = st["cold"]
-            lines.append(f"- empty cache: {c['net']} import {c['import_s']:.1f} s + first forward "
-                         f"{c['first_forward_s']:.1f} s = {c['total_s']:.1f} s; second forward "
+            lines.append(f"- empty cache: {c['net']} through nn.fuse(models...), import "
+                         f"{c['import_s']:.1f} s + first forward {c['first_forward_s']:.1f} s = "
+                         f"{c['total_s']:.1f} s; second forward "
                          f"{c['second_forward_s'] * 1e3:.0f} ms")
         lines.append("")
     return "\n".join(lines)
 
 
 def plot(result, path):
-    """GFLOP/s per layer (numbaconv, peer, sgemm ceiling), one panel per batch. Returns False
-    (with a printed note) when matplotlib is not installed."""
+    """GFLOP/s per layer (numbaconv, peer, sgemm ceiling), one panel per batch, and a panel of
+    the networks' images/s (fused, unfused, PyTorch eager). Returns False (with a printed note)
+    when matplotlib is not installed or there is nothing to plot."""
     try:
         import matplotlib
 
@@ -1004,12 +1239,13 @@ def plot(result, path):
         print("note: matplotlib is not installed, no plot (pip install 'numbaconv[bench]')")
         return False
     conv = result.get("conv", [])
+    e2e = result.get("e2e", [])
     batches = sorted({r["batch"] for r in conv})
-    if not batches:
+    if not batches and not e2e:
         return False
-    fig, axes = plt.subplots(len(batches), 1, squeeze=False,
-                             figsize=(max(8.0, 0.45 * max(sum(r["batch"] == b for r in conv)
-                                                          for b in batches)), 4.5 * len(batches)))
+    width = max([8.0] + [0.45 * sum(r["batch"] == b for r in conv) for b in batches])
+    fig, axes = plt.subplots(len(batches) + bool(e2e), 1, squeeze=False,
+                             figsize=(width, 4.5 * (len(batches) + bool(e2e))))
     for ax, b in zip(axes[:, 0], batches):
         rows = [r for r in conv if r["batch"] == b]
         pos = np.arange(len(rows))
@@ -1025,6 +1261,20 @@ def plot(result, path):
         ax.set_ylabel("GFLOP/s")
         ax.set_title(f"conv2d float32, batch {b}, {rows[0]['threads']} threads "
                      f"({result['machine']['cpu']})", fontsize=9)
+        ax.legend(fontsize=8)
+    if e2e:
+        ax = axes[-1, 0]
+        pos = np.arange(len(e2e))
+        series = [("numbaconv (nn.fuse)", "numbaconv_images_per_s"),
+                  ("numbaconv unfused", "numbaconv_unfused_images_per_s"),
+                  ("PyTorch eager", "torch_images_per_s")]
+        for i, (label, key) in enumerate(series):
+            ax.bar(pos + (i - 1) * 0.27, [r.get(key, np.nan) for r in e2e], 0.27, label=label)
+        ax.set_xticks(pos)
+        ax.set_xticklabels([f"{r['net']}\nbatch {r['batch']}" for r in e2e], fontsize=8)
+        ax.set_ylabel("images / s")
+        ax.set_title(f"inference end to end, image {e2e[0]['image']}, {e2e[0]['threads']} "
+                     "threads", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -1069,7 +1319,7 @@ def main(quick=False, sets=None, batches=None, only=None, nets=None, elementwise
         torch.set_num_threads(numba.get_num_threads())
     sections = list(only or SECTIONS)
     if dev != "cpu":
-        skipped = [s for s in sections if s in ("scaling", "e2e", "startup")]
+        skipped = [s for s in sections if s in ("scaling", "e2e", "memory", "startup")]
         if skipped:
             print(f"note: {', '.join(skipped)} run on the CPU only; skipped on {dev}")
         sections = [s for s in sections if s not in skipped]
@@ -1080,6 +1330,7 @@ def main(quick=False, sets=None, batches=None, only=None, nets=None, elementwise
     else:
         layers = [layer for s in (sets or list(SETS)) for layer in SETS[s]]
         batches = batches or [1, 32]
+    mem_nets = nets or ["resnet18"]
     nets = nets or list(NETS)
     dense = [la for la in layers if layer_kind(la) == "dense"]
     if quick:
@@ -1088,6 +1339,7 @@ def main(quick=False, sets=None, batches=None, only=None, nets=None, elementwise
     cold = not quick or bool(only)
     steps = {"conv": len(layers) * len(batches), "scaling": len(dense),
              "elementwise": len(_ELEMENTWISE) + (dev == "cpu"), "e2e": len(nets) * len(batches),
+             "memory": len(mem_nets) * len(batches) * (2 + (torch is not None)),
              "startup": 1 + cold}
     bar = Progress(sum(steps[s] for s in sections), "bench")
     bar.note(f"numbaconv bench on {dev}, {numba.get_num_threads()} threads, sections "
@@ -1119,6 +1371,8 @@ def main(quick=False, sets=None, batches=None, only=None, nets=None, elementwise
     if "e2e" in sections:
         result["e2e"] = run_e2e(nets, batches, with_torch=with_torch, budget=max(budget, 0.5),
                                 progress=bar.log)
+    if "memory" in sections:
+        result["memory"] = run_memory(mem_nets, batches, with_torch=with_torch, progress=bar.log)
     if "startup" in sections:
         if not cold:
             bar.note("startup: the empty-cache ResNet-18 compile is skipped with --quick "

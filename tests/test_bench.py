@@ -78,37 +78,65 @@ def test_elementwise_check_refuses_a_wrong_result(monkeypatch, op):
                               progress=_quiet)
 
 
-@pytest.mark.parametrize("net", nets.NETS)
-def test_networks_match_torch(net):
-    """The programs have torchvision's keys; the fused-residual and the unfused path agree."""
+@pytest.fixture(scope="module")
+def e2e_rows():
     pytest.importorskip("torch")
-    prog = nets.network_program(net, small=True)
-    sd = nets.network_weights(prog)
-    model = nets.torch_net(torch, net, sd, small=True)
-    params = nets.fold_batchnorm(prog, sd)
-    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    fused = nets.network_forward(prog, params, x, fused_residual=True)
-    unfused = nets.network_forward(prog, params, x, fused_residual=False)
-    assert fused.shape == ref.shape == (2, 10)
-    scale = np.abs(ref).max()
-    assert np.abs(fused - ref).max() < bench.E2E_RTOL * scale
-    assert np.abs(unfused - fused).max() < 1e-5 * scale
+    return bench.run_e2e(batches=[1, 2], image=32, small=True, budget=BUDGET, progress=_quiet)
 
 
-def test_e2e_rows_and_wrong_result(monkeypatch):
-    pytest.importorskip("torch")
-    rows = bench.run_e2e(batches=[1, 2], image=32, small=True, budget=BUDGET, progress=_quiet)
-    assert [(r["net"], r["batch"]) for r in rows] == [(n, b) for n in nets.NETS for b in (1, 2)]
-    for r in rows:
-        assert r["logits_rel_err"] < bench.E2E_RTOL
+def test_e2e_rows(e2e_rows):
+    assert [(r["net"], r["batch"]) for r in e2e_rows] == [(n, b) for n in nets.NETS
+                                                          for b in (1, 2)]
+    for r in e2e_rows:
+        assert r["path"].startswith("nn.fuse(models.") and "nn.fuse" not in r["unfused_path"]
+        assert r["logits_rel_err"] < bench.E2E_RTOL and r["unfused_logits_rel_err"] < bench.E2E_RTOL
         assert r["torch_over_numbaconv"] == pytest.approx(r["torch_ms"] / r["numbaconv_ms"])
+        assert r["fusion_speedup"] == pytest.approx(r["numbaconv_unfused_ms"] / r["numbaconv_ms"])
         assert r["numbaconv_images_per_s"] == pytest.approx(r["batch"] * 1e3 / r["numbaconv_ms"])
-    right = F.linear
-    monkeypatch.setattr(F, "linear", lambda *a, **k: right(*a, **k) * 1.01)
-    with pytest.raises(bench.BenchCheckError, match="logits"):
+
+
+@pytest.mark.parametrize("op, which", [("linear", "fused"), ("batch_norm", "unfused")])
+def test_e2e_check_refuses_a_wrong_result(monkeypatch, op, which):
+    """A wrong op fails the check of the path that runs it (only the unfused model has
+    BatchNorm left), before anything is timed."""
+    pytest.importorskip("torch")
+    right = getattr(F, op)
+    monkeypatch.setattr(F, op, lambda *a, **k: right(*a, **k) * 1.01)
+    with pytest.raises(bench.BenchCheckError, match=f"{which} logits"):
         bench.run_e2e(["resnet18"], [1], image=32, small=True, budget=BUDGET, progress=_quiet)
+
+
+def test_benchnets_batchnorm_is_not_the_identity():
+    model = nets.build("mobilenetv2", small=True)
+    sd = nets.randomize_batchnorm(model)
+    assert np.array_equal(model.state_dict()["features.0.1.running_var"],
+                          sd["features.0.1.running_var"])
+    assert np.abs(sd["features.0.1.running_var"] - 1).max() > 0.1
+    with pytest.raises(ValueError, match="unknown network"):
+        nets.build("alexnet")
+
+
+@pytest.fixture(scope="module")
+def memory_rows():
+    return bench.run_memory(["resnet18"], [2], image=32, small=True, with_torch=WITH_TORCH,
+                            progress=_quiet)
+
+
+def test_memory_rows(memory_rows):
+    impls = [r["impl"] for r in memory_rows]
+    assert impls == list(bench._IMPLS.values())[:3 if WITH_TORCH else 2]
+    fused, unfused = memory_rows[:2]
+    for r in memory_rows:
+        assert r["input_bytes"] == 2 * 3 * 32 * 32 * 4 and r["weights_bytes"] > 0
+        assert r["rss_rise_bytes"] >= 0 and r["max_rss_bytes"] >= r["rss_before_bytes"] > 0
+        assert "resident set" in r["rss_method"]
+    for r in (fused, unfused):
+        # Every layer's input and output are alive during the forward, and the network's
+        # input throughout, so the traced peak cannot be below the bound.
+        assert r["traced_peak_bytes"] >= r["lower_bound_bytes"] >= r["largest_layer_io_bytes"]
+        assert r["largest_layer_io_bytes"] > r["input_bytes"]
+        assert r["weight_cache_bytes"] > 0 and r["workspace_pool_bytes"] >= 0
+    assert fused["weights_bytes"] < unfused["weights_bytes"]  # BatchNorm folded away
 
 
 def test_startup_in_fresh_processes():
@@ -117,10 +145,10 @@ def test_startup_in_fresh_processes():
     fc, cold = out["first_call"], out["cold"]
     assert 0 < fc["import_s"] and 0 < fc["first_call_s"] < fc["process_wall_s"]
     assert cold["total_s"] == pytest.approx(cold["import_s"] + cold["first_forward_s"])
-    assert cold["empty_cache"] is False
+    assert cold["build_s"] > 0 and cold["empty_cache"] is False
 
 
-def test_results_files_summary_and_merge(tmp_path, conv_rows):
+def test_results_files_summary_and_merge(tmp_path, conv_rows, memory_rows):
     machine = bench.machine(torch)
     for key in ("cpu", "cores", "threads", "simd_lanes_f32", "numba", "numpy", "llvmlite"):
         assert key in machine
@@ -128,7 +156,9 @@ def test_results_files_summary_and_merge(tmp_path, conv_rows):
                                                  budget=BUDGET, ops=["relu"], progress=_quiet)
     first = {"machine": machine, "device": "cpu", "sgemm_gflops": 100.0, "conv": conv_rows,
              "elementwise": elementwise, "bandwidth_ceiling_gbs": ceiling,
-             "runs": [{"when": "t0", "args": "first", "sections": ["conv", "elementwise"]}]}
+             "memory": memory_rows,
+             "runs": [{"when": "t0", "args": "first",
+                       "sections": ["conv", "elementwise", "memory"]}]}
     bench.write_results(first, str(tmp_path), "cpu")
     saved = json.loads((tmp_path / "cpu.json").read_text())
     assert saved["machine"]["cpu"] == machine["cpu"]
@@ -137,8 +167,11 @@ def test_results_files_summary_and_merge(tmp_path, conv_rows):
         assert any(w.startswith("dense conv2d, ResNet-50 + VGG-16, batch 2") for w in whats)
         assert any(w.startswith("depthwise conv2d, MobileNetV2, batch 2") for w in whats)
     assert any("% of copy bandwidth" in w for w in whats)
+    (mem,) = [r for r in saved["summary"] if "peak / lower bound" in r["what"]]
+    assert mem["target"] is None and mem["holds"] is None and mem["value"] >= 1.0
     md = (tmp_path / "cpu.md").read_text()
     assert "## Targets" in md and "resnet50.tiny3x3" in md and "relu" in md
+    assert "## Peak memory" in md and "numbaconv nn.fuse(model)" in md
     try:
         import matplotlib  # noqa: F401
         assert (tmp_path / "cpu.png").stat().st_size > 0
@@ -154,6 +187,22 @@ def test_results_files_summary_and_merge(tmp_path, conv_rows):
     assert len(merged["conv"]) == len(conv_rows)
     assert [r["numbaconv_ms"] for r in merged["conv"] if r["layer"] == again["layer"]] == [123.0]
     assert len(merged["elementwise"]) == 1 and len(merged["runs"]) == 2
+    assert len(merged["memory"]) == len(memory_rows)
+
+
+def test_e2e_results_written(tmp_path, e2e_rows):
+    result = {"machine": bench.machine(torch), "device": "cpu", "e2e": e2e_rows,
+              "runs": [{"when": "t0", "args": "e2e", "sections": ["e2e"]}]}
+    saved = bench.write_results(result, str(tmp_path), "cpu")
+    rows = [r for r in saved["summary"] if "inference" in r["what"]]
+    assert len(rows) == len(e2e_rows) and all("nn.fuse(models." in r["detail"] for r in rows)
+    md = (tmp_path / "cpu.md").read_text()
+    assert "## Inference end to end" in md and "unfused img/s" in md
+    try:
+        import matplotlib  # noqa: F401
+        assert (tmp_path / "cpu.png").stat().st_size > 0
+    except ImportError:
+        assert not (tmp_path / "cpu.png").exists()
 
 
 def test_plot_without_matplotlib(monkeypatch, tmp_path, capsys):
@@ -167,5 +216,5 @@ def test_plot_without_matplotlib(monkeypatch, tmp_path, capsys):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    assert bench.plot({"conv": []}, str(tmp_path / "x.png")) is False
+    assert bench.plot({"conv": [], "e2e": []}, str(tmp_path / "x.png")) is False
     assert "matplotlib is not installed" in capsys.readouterr().out
