@@ -1,6 +1,6 @@
 """Full benchmark run that saves results under bench/results/ (see ``numbaconv bench --help``).
 
-Usage: ``python bench/run.py [--quick] [--only conv scaling elementwise e2e startup]
+Usage: ``python bench/run.py [--quick] [--only conv scaling elementwise e2e memory startup]
 [--sets resnet50 vgg16] [--batches 1 32] [--fresh]``. Run from the repository root; numbaconv must
 be installed (``pip install -e .``; ``pip install -e .[bench]`` adds matplotlib for the plot).
 Results go to ``bench/results/cpu.json``, ``cpu.md`` and ``cpu.png`` (``cpu-quick.*`` with
