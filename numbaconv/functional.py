@@ -219,9 +219,98 @@ def _activation(op, activation):
 # Convolution
 # --------------------------------------------------------------------------------------------
 
+# Host calls that passed every check keep their derived arguments here, keyed on everything the
+# checks and the arithmetic read (types, shapes, dtypes, the other arguments), so that a repeat
+# call (a layer in a loop) skips straight to the launcher.
+_CONV_PLANS = {}
+_CONV_PLANS_MAX = 1024
+_CPU = []  # the cpu backend module, imported on first use
+
+
+def _plain(v):
+    """``v`` when it is an int, a str or a tuple of ints, by exact type (``True`` is not ``1``
+    here, nor is a NumPy integer), for a cache key; else None."""
+    t = type(v)
+    if t is int or t is str:
+        return v
+    if t is tuple:
+        for e in v:
+            if type(e) is not int:
+                return None
+        return v
+    return None
+
+
+def _conv_key(op, input, weight, bias, stride, padding, dilation, groups, activation, residual):
+    """The fast-path key of a conv call with host arrays, or None when it has none."""
+    if type(input) is not np.ndarray or type(weight) is not np.ndarray:
+        return None
+    if bias is None:
+        bk = None
+    elif type(bias) is np.ndarray:
+        bk = (bias.shape, bias.dtype)
+    else:
+        return None
+    if residual is None:
+        rk = None
+    elif type(residual) is np.ndarray:
+        rk = (residual.shape, residual.dtype)
+    else:
+        return None
+    s, p, d = _plain(stride), _plain(padding), _plain(dilation)
+    if s is None or p is None or d is None or type(groups) is not int:
+        return None
+    key = (op, input.shape, input.dtype, weight.shape, weight.dtype, bk, rk, s, p, d, groups,
+           activation)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable activation: the checks will say what is wrong
+        return None
+    return key
+
+
+def _host(a):
+    """:meth:`_Call.ready` for a host array on the CPU."""
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:
+        a = _writable_view(a)
+    return a
+
+
+def _conv_host(plan, input, weight, bias, residual):
+    """Run a checked conv call on the CPU from its plan (see :func:`_conv`)."""
+    alloc, dtype, xshape, wshape, out_shape, stride, pad, dilation, groups, act, alpha = plan
+    out = np.empty(alloc, dtype)
+    if out.size:
+        if not _CPU:
+            from numbaconv import cpu
+
+            _CPU.append(cpu)
+        x = _host(input)
+        if x.shape != xshape:
+            x = x.reshape(xshape)
+        w = _host(weight)
+        if w.shape != wshape:
+            w = w.reshape(wshape)
+        res = None
+        if residual is not None:
+            res = _host(residual)
+            if res.shape != alloc:
+                res = res.reshape(alloc)
+        _CPU[0].conv2d(out, x, w, None if bias is None else _host(bias), res, stride, pad,
+                       dilation, groups, act, alpha)
+    return out if alloc == out_shape else out.reshape(out_shape)
+
+
 def _conv(op, nd, input, weight, bias, stride, padding, dilation, groups, activation,
           residual=None):
     """Shared body of conv1d (nd=1, run as a conv2d with height 1) and conv2d (nd=2)."""
+    key = _conv_key(op, input, weight, bias, stride, padding, dilation, groups, activation,
+                    residual)
+    if key is not None:
+        plan = _CONV_PLANS.get(key)
+        if plan is not None and _device.get_device() == "cpu":
+            return _conv_host(plan, input, weight, bias, residual)
     call = _Call(op, ("bias", "residual"), input=input, weight=weight, bias=bias,
                  residual=residual)
     act, alpha = _activation(op, activation)
@@ -290,6 +379,15 @@ def _conv(op, nd, input, weight, bias, stride, padding, dilation, groups, activa
     if call["residual"] is not None and tuple(call["residual"].shape) != out_shape:
         raise ValueError(f"{op}(): residual must have the output's shape {out_shape}, got "
                          f"{tuple(call['residual'].shape)}")
+    if call.device == "cpu":
+        plan = ((n, oc) + tuple(out_spatial), dtype, (n, c) + tuple(spatial),
+                (oc, cpg) + tuple(ksize), out_shape, stride, (pads[0][0], pads[1][0]), dilation,
+                groups, act, alpha)
+        if key is not None:
+            if len(_CONV_PLANS) >= _CONV_PLANS_MAX:
+                _CONV_PLANS.clear()
+            _CONV_PLANS[key] = plan
+        return _conv_host(plan, input, weight, bias, residual)
     out = call.empty((n, oc) + tuple(out_spatial), dtype)
     if out.size:
         x = call.ready("input").reshape((n, c) + tuple(spatial))

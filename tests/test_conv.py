@@ -246,3 +246,59 @@ def test_conv2d_nonfinite_stays_local_on_the_winograd_shapes(rng, bad):
     ref = R.conv2d(x, w, padding=1)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
     np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
+
+
+@pytest.mark.parametrize("split", ["blocks", "tiles"])
+@pytest.mark.parametrize("nwk", [1, 2, 3, 4])
+@pytest.mark.parametrize("units, nbg, npos, pos_bytes, halo, plane", [
+    (1, 8, 196, 1536, 14, 196),        # 1x1 at 14x14: fewer tiles than blocks
+    (1, 64, 49, 8192, 7, 49),          # 7x7, many channel blocks, one tile group
+    (1, 18, 3136, 96, 56, 3136),       # 56x56, few input channels
+    (1, 16, 784, 2048, 28, 784),       # tile groups bounded by the input bytes
+    (3, 5, 61, 4096, 27, 81),          # batch 3
+    (8, 1, 17, 64, 9, 25),             # grouped: units = images x groups, one block each
+])
+def test_grid_schedule_covers_every_block_and_tile_once(units, nbg, npos, pos_bytes, halo, plane,
+                                                        nwk, split):
+    from numbaconv.cpu import conv as C
+    from numbaconv.cpu import simd
+
+    lanes = simd.LANES
+    # Huge weights: workers split the channel blocks; tiny weights: they split the tiles.
+    wbytes = 1 << 50 if split == "blocks" else 1
+    tasks, soff = C._grid_schedule(units, nbg, npos, lanes, pos_bytes, halo, plane, nwk, wbytes)
+    n3, n2 = C.split_tiles.py_func(npos, lanes)
+    seen = np.zeros((units, nbg, n3 + n2), int)
+    assert soff[0] == 0 and soff[-1] == len(tasks) and (np.diff(soff) >= 0).all()
+    assert len(soff) == nwk + 1
+    for u, ob0, ob1, jt0, jt1 in tasks:
+        assert 0 <= ob0 < ob1 <= nbg and 0 <= jt0 < jt1 <= n3 + n2
+        seen[u, ob0:ob1, jt0:jt1] += 1
+    assert (seen == 1).all()
+    # Shares are balanced: no worker has more than its fair share plus one task's work (one
+    # tile's block when the tiles are split).
+    cost = lambda t: (t[2] - t[1]) * sum(3 if j < n3 else 2 for j in range(t[3], t[4]))
+    shares = [sum(cost(t) for t in tasks[soff[k]:soff[k + 1]]) for k in range(nwk)]
+    slack = 3 if split == "tiles" else max(cost(t) for t in tasks)
+    assert max(shares) <= sum(shares) / nwk + slack
+
+
+def test_conv2d_repeat_calls_recheck_argument_types(rng):
+    # A repeat call takes a cached fast path; arguments that compare equal to a cached call's
+    # but are of another type (True == 1) must still get their error, and results must match.
+    x, w = rand(rng, (1, 3, 6, 6), np.float32), rand(rng, (4, 3, 3, 3), np.float32)
+    first = F.conv2d(x, w, stride=1, padding=1)
+    np.testing.assert_array_equal(F.conv2d(x, w, stride=1, padding=1), first)
+    with pytest.raises(TypeError, match="stride must be an int"):
+        F.conv2d(x, w, stride=True, padding=1)
+    with pytest.raises(ValueError, match="groups must be a positive int"):
+        F.conv2d(x, w, stride=1, padding=1, groups=True)
+    # A non-contiguous or read-only input on the fast path: same values.
+    xt = np.ascontiguousarray(x[..., ::-1])[..., ::-1]
+    ro = x.copy()
+    ro.flags.writeable = False
+    np.testing.assert_array_equal(F.conv2d(xt, w, stride=1, padding=1), first)
+    np.testing.assert_array_equal(F.conv2d(ro, w, stride=1, padding=1), first)
+    # Unbatched and conv1d reshapes through the same path.
+    np.testing.assert_array_equal(F.conv2d(x[0], w, stride=1, padding=1), first[0])
+    np.testing.assert_array_equal(F.conv2d(x[0], w, stride=1, padding=1), first[0])

@@ -195,3 +195,48 @@ def test_winograd_nan_propagates(rng, dtype):
     W.winograd_conv2d(out, x, w, None, None, (1, 1), ACT_NONE, 0.0)
     ref = R.conv2d(x, w, padding=1)
     assert np.isnan(out[np.isnan(ref)]).all()
+
+
+@pytest.mark.parametrize("nwk", [1, 2, 3, 5])
+@pytest.mark.parametrize("tiles, nb, c", [(196, 8, 64), (3136, 8, 3), (4, 3, 16), (49, 64, 512),
+                                          (200, 1, 8)])
+def test_fused_tasks_cover_every_panel_block_once(tiles, nb, c, nwk):
+    nr = W.NVMAX * simd.LANES
+    tasks, soff = W._fused_tasks(tiles, nb, c, simd.LANES, nwk)
+    seen = np.zeros((-(-tiles // nr), nb), int)
+    assert soff[0] == 0 and soff[-1] == len(tasks) and len(soff) == nwk + 1
+    for jt, ob0, ob1 in tasks:
+        seen[jt, ob0:ob1] += 1
+    assert (seen == 1).all()
+
+
+@pytest.mark.parametrize("nwk", [1, 2, 3])
+@pytest.mark.parametrize("pblk, plast, nb, obchunk", [(112, 84, 32, 8), (28, 21, 64, 4),
+                                                      (48, 48, 5, 2), (7, 3, 2, 1)])
+def test_blocked_tasks_cover_every_panel_block_once(pblk, plast, nb, obchunk, nwk):
+    nr = W.NVMAX * simd.LANES
+    tasks, soff = W._blocked_tasks(pblk, plast, nb, obchunk, 64, simd.LANES, nwk)
+    assert soff.shape == (2, nwk + 1)
+    for i, p in enumerate((pblk, plast)):
+        seen = np.zeros((-(-p // nr), nb), int)
+        for jt, ob0, ob1 in tasks[soff[i, 0]:soff[i, -1]]:
+            seen[jt, ob0:ob1] += 1
+        assert (seen == 1).all()
+
+
+def test_winograd_finite_only_declines_nonfinite(rng):
+    # finite_only: a NaN in the input or the weight makes the launcher decline without writing.
+    x = rand(rng, (1, 4, 9, 10), np.float32)
+    w = rand(rng, (5, 4, 3, 3), np.float32)
+    out = np.zeros((1, 5, 9, 10), np.float32)
+    assert W.winograd_conv2d(out, x, w, None, None, (1, 1), ACT_NONE, 0.0, finite_only=True)
+    bad = x.copy()
+    bad[0, 1, 2, 3] = np.inf
+    out[:] = 7
+    assert not W.winograd_conv2d(out, bad, w, None, None, (1, 1), ACT_NONE, 0.0,
+                                 finite_only=True)
+    assert (out == 7).all()
+    wb = w.copy()
+    wb[2, 1, 0, 0] = np.nan
+    assert not W.winograd_conv2d(out, x, wb, None, None, (1, 1), ACT_NONE, 0.0, finite_only=True)
+    assert (out == 7).all()

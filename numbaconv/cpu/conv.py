@@ -11,8 +11,11 @@ reads contiguous memory, for any stride and dilation, and no im2col matrix is bu
 Weights are packed into panels of MR output channels (tap-major), cached per tracked weight
 array. A register-blocked microkernel written with :mod:`numbaconv.cpu.simd` computes MR channels
 x 2 or 3 vectors of positions over all taps with its accumulators in vector registers. Work is
-split into tasks of (image, group, chunk of channel blocks, position tile), all in one
-``prange``; chunks are sized so that both cores are busy even at batch 1.
+split into tasks of (image, group, chunk of channel blocks, group of position tiles), planned
+once per shape and thread count (:func:`_grid_schedule`): each worker gets a contiguous run of
+tasks of equal modelled cost, so that 2 workers split even 2 or 5 tiles at batch 1 evenly. A
+task sweeps each block's packed weights over its tiles (blocks outer), so the weights are read
+from memory once per task rather than once per tile.
 
 Stride 1 without top/left padding reads the input itself. When the workspace would exceed the
 input plus output size (padding that dwarfs a tiny image), :func:`_conv_gather` builds bounded
@@ -29,8 +32,9 @@ from numbaconv._ops import ACT_NONE, ACT_RELU
 from numbaconv.cpu import autotune, simd
 from numbaconv.cpu._common import apply_act, helper, kernel
 from numbaconv.cpu.depthwise import depthwise_conv2d
+from numbaconv.cpu.winograd import nonfinite_probe as _nonfinite_probe
 from numbaconv.cpu.winograd import winograd_applies, winograd_conv2d
-from numbaconv.cpu.gemm import MR, NVMAX, microkernel, pack, split_tiles, tile_span
+from numbaconv.cpu.gemm import MR, NVMAX, microkernel, pack, partition, split_tiles, tile_span
 from numbaconv.cpu.workspace import POOL, WEIGHTS
 
 KC = 64  # taps gathered per chunk by the fallback path
@@ -140,8 +144,8 @@ def _fill_workspace(ws, x, rph, cph, sh, sw, pt, pl, hq, wq):
 
 
 @kernel
-def _conv_grid(out, src, cstride, wq, cg, ap, nbg, chunk, kofs, groups, b, has_bias, res, has_res,
-               act, alpha):
+def _conv_grid(out, src, cstride, wq, cg, ap, nbg, tasks, soff, kofs, groups, b, has_bias, res,
+               has_res, act, alpha):
     """Implicit-GEMM conv reading taps in place from ``src``.
 
     Parameters
@@ -150,7 +154,8 @@ def _conv_grid(out, src, cstride, wq, cg, ap, nbg, chunk, kofs, groups, b, has_b
     src : flat input laid out as (N, C, cstride), each channel a grid of width wq.
     cg : input channels per group.
     ap : packed weights from :func:`_pack`, ``nbg`` blocks of MR channels per group.
-    chunk : blocks per task.
+    tasks, soff : tasks from :func:`_grid_schedule`: rows (image * groups + group, first block,
+        end block, first tile, end tile); worker k runs rows soff[k] .. soff[k + 1].
     kofs : (K,) int64, offset of tap k in a channel-group's input relative to the output
         position p = oh * wq + ow; K = cg * KH * KW.
     b, res : bias (OC,) and residual (shaped as out), used when has_bias / has_res.
@@ -162,18 +167,22 @@ def _conv_grid(out, src, cstride, wq, cg, ap, nbg, chunk, kofs, groups, b, has_b
     nr = NVMAX * lanes
     npos = (oh_ - 1) * wq + ow_
     n3, n2 = split_tiles(npos, lanes)
-    ntiles = n3 + n2
-    nchunks = (nbg + chunk - 1) // chunk
     c_ = cg * groups
-    for t in prange(n_ * groups * nchunks * ntiles):
-        n, g, jt, ob0, ob1 = _task(t, ntiles, nchunks, chunk, nbg, groups)
-        p0, plen = tile_span(jt, n3, npos, lanes)
-        base = (n * c_ + g * cg) * cstride + p0
+    for wk in prange(soff.shape[0] - 1):
         tile = np.empty(MR * nr, dtype=out.dtype)
-        for ob in range(ob0, ob1):
-            microkernel(tile, ap, (g * nbg + ob) * k_ * MR, src, base, kofs, 0, k_, plen, 0)
-            _store(out, res, has_res, n, g * ocg + ob * MR, min(MR, ocg - ob * MR), tile, nr, p0,
-                   plen, wq, b, has_bias, act, alpha)
+        for t in range(soff[wk], soff[wk + 1]):
+            u = tasks[t, 0]
+            n = u // groups
+            g = u - n * groups
+            # Blocks outer, tiles inner: a block's packed weights stay in L1/L2 while they
+            # sweep the task's tiles, whose input stays in L2 (SRC_BYTES).
+            for ob in range(tasks[t, 1], tasks[t, 2]):
+                for jt in range(tasks[t, 3], tasks[t, 4]):
+                    p0, plen = tile_span(jt, n3, npos, lanes)
+                    microkernel(tile, ap, (g * nbg + ob) * k_ * MR, src,
+                                (n * c_ + g * cg) * cstride + p0, kofs, 0, k_, plen, 0)
+                    _store(out, res, has_res, n, g * ocg + ob * MR, min(MR, ocg - ob * MR),
+                           tile, nr, p0, plen, wq, b, has_bias, act, alpha)
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,6 +300,96 @@ def _chunk(tiles, nbg):
     return -(-nbg // nchunks)
 
 
+SRC_BYTES = 1 << 20  # input a task's tiles span, swept once per block of weights (in L2)
+
+
+@functools.lru_cache(maxsize=256)
+def _grid_schedule(units, nbg, npos, lanes, pos_bytes, halo, plane, nwk, wbytes):
+    """Tasks of :func:`_conv_grid` and each worker's share of them.
+
+    ``units`` (image, group) pairs of ``nbg`` MR-channel blocks each; ``npos`` grid positions
+    in tiles of 3 or 2 vectors (:func:`split_tiles`). Tiles are grouped so that the input a
+    group reads (``pos_bytes`` per grid position, over its positions plus ``halo`` more, at
+    most a ``plane`` of them) stays within SRC_BYTES. Workers split whichever is bigger, the
+    input or the packed weights (``wbytes``): the tiles (a worker's run of tiles, cut inside a
+    tile by its blocks where the shares meet) or the channel blocks (as few chunks as give
+    every worker an equal share). Costs: vectors x blocks. Returns (tasks (T, 5) int64, soff
+    (nwk + 1,) int64), read-only.
+    """
+    n3, n2 = split_tiles.py_func(npos, lanes)
+    tcost = np.array([3.0] * n3 + [2.0] * n2)
+    ntiles = n3 + n2
+    nr = NVMAX * lanes
+    per = 1
+    while per < ntiles and pos_bytes * min((per + 1) * nr + halo, plane) <= SRC_BYTES:
+        per += 1
+    if units * pos_bytes * plane > wbytes:
+        tasks, offs = _split_tiles(units, nbg, tcost, per, nwk)
+    else:
+        tasks, offs = _split_blocks(units, nbg, tcost, per, nwk)
+    tasks = np.array(tasks, dtype=np.int64).reshape(-1, 5)
+    offs = np.array(offs, dtype=np.int64)
+    tasks.flags.writeable = False
+    offs.flags.writeable = False
+    return tasks, offs
+
+
+def _split_blocks(units, nbg, tcost, per, nwk):
+    """(unit, tile group, chunk of blocks) tasks, chunks fastest, in contiguous shares."""
+    ntiles = len(tcost)
+    ngrp = -(-ntiles // per)
+    tb = [ntiles * i // ngrp for i in range(ngrp + 1)]
+    gcost = [tcost[tb[i]:tb[i + 1]].sum() for i in range(ngrp)]
+    best = None
+    for nch in range(1, nbg + 1):
+        cb = [nbg * i // nch for i in range(nch + 1)]
+        rows = [(u, cb[c], cb[c + 1], tb[i], tb[i + 1])
+                for u in range(units) for i in range(ngrp) for c in range(nch)]
+        costs = [gcost[i] * (cb[c + 1] - cb[c])
+                 for u in range(units) for i in range(ngrp) for c in range(nch)]
+        offs, span = partition(costs, nwk)
+        if best is None or span < best[2] * 0.999:
+            best = (rows, offs, span)
+        if span <= 1.02 * sum(costs) / nwk:
+            break
+    return best[0], best[1]
+
+
+def _split_tiles(units, nbg, tcost, per, nwk):
+    """Each worker a contiguous run of the (unit, tile, block) sequence of equal cost, as tasks:
+    groups of up to ``per`` whole tiles, and the blocks of a tile cut where two runs meet."""
+    ntiles = len(tcost)
+    # Cost before (unit, tile, block) = unit * ucost + tcum[tile] + block * tcost[tile].
+    tcum = np.concatenate([[0.0], np.cumsum(tcost * nbg)])
+    ucost = tcum[-1]
+    cuts = [0]
+    for k in range(1, nwk):
+        target = units * ucost * k / nwk
+        u = min(units - 1, int(target // ucost))
+        rem = target - u * ucost
+        jt = min(ntiles - 1, int(np.searchsorted(tcum, rem, side="right")) - 1)
+        ob = min(nbg, int(round((rem - tcum[jt]) / tcost[jt])))
+        cuts.append(max(cuts[-1], (u * ntiles + jt) * nbg + ob))
+    cuts.append(units * ntiles * nbg)
+    rows, offs = [], [0]
+    for k in range(nwk):
+        f, f1 = cuts[k], cuts[k + 1]
+        while f < f1:
+            u, r = divmod(f, ntiles * nbg)
+            jt, ob = divmod(r, nbg)
+            if ob > 0 or f1 - f < nbg:  # part of a tile's blocks
+                e = min(f1, f - ob + nbg)
+                rows.append((u, ob, ob + e - f, jt, jt + 1))
+                f = e
+                continue
+            nfull = min((f1 - f) // nbg, ntiles - jt)
+            for g0 in range(0, nfull, per):
+                rows.append((u, 0, nbg, jt + g0, jt + min(nfull, g0 + per)))
+            f += nfull * nbg
+        offs.append(len(rows))
+    return rows, offs
+
+
 def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha):
     """2-D cross-correlation with bias, residual and a fused activation, as torch's conv2d.
 
@@ -309,18 +408,30 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
     groups : int.
     act : numbaconv._ops.ACT_* code applied last; alpha its parameter.
     """
+    depthwise = groups == x.shape[1] and w.shape[1] == 1
+    wino = (not depthwise and w.shape[2] == 3 and w.shape[3] == 3 and stride == (1, 1)
+            and dilation == (1, 1) and groups == 1)
+    if not autotune.enabled():
+        # The heuristic: no candidates to time, so nothing to build per call.
+        if depthwise:
+            depthwise_conv2d(out, x, w, b, residual, stride, padding, dilation, act, alpha)
+        elif not (wino and winograd_applies(x.shape, out.shape, padding, out.dtype)
+                  and winograd_conv2d(out, x, w, b, residual, padding, act, alpha,
+                                      finite_only=True)):
+            gemm_conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha)
+        return
     args = (out, x, w, b, residual, stride, padding, dilation, groups, act, alpha)
     runs = {"gemm": lambda: gemm_conv2d(*args)}
     default = "gemm"
-    if groups == x.shape[1] and w.shape[1] == 1:
+    if depthwise:
         runs["depthwise"] = lambda: depthwise_conv2d(out, x, w, b, residual, stride, padding,
                                                      dilation, act, alpha)
         default = "depthwise"
-    elif w.shape[2:] == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1:
+    elif wino:
         applies = winograd_applies(x.shape, out.shape, padding, out.dtype)
         # Winograd's transforms would spread a NaN or Inf to a whole 4x4 output tile; the scan
         # runs only where Winograd is a candidate at all.
-        if (applies or autotune.enabled()) and _all_finite(x) and _weight_finite(w):
+        if _all_finite(x) and _weight_finite(w):
             runs["winograd"] = lambda: winograd_conv2d(out, x, w, b, residual, padding, act,
                                                        alpha)
             if applies:
@@ -341,53 +452,68 @@ def _weight_finite(w):
         return bool(np.isfinite(f[0]))
 
 
-@kernel
-def _nonfinite_probe(a):
-    """Sum of ``v - v``: 0 when every value is finite, NaN otherwise (one vectorised pass)."""
-    chunk = 1 << 14
-    nchunk = (a.shape[0] + chunk - 1) // chunk
-    total = a.dtype.type(0)
-    for t in prange(nchunk):
-        seg = a[t * chunk:min(a.shape[0], (t + 1) * chunk)]
-        s = a.dtype.type(0)
-        for i in range(seg.shape[0]):
-            s += seg[i] - seg[i]
-        total += s
-    return total
-
-
 def gemm_conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha):
     """2-D cross-correlation as an implicit GEMM on the SIMD microkernel, for any geometry.
 
     Arguments as :func:`conv2d`.
     """
-    oc_, cg, kh_, kw_ = w.shape
-    k_ = cg * kh_ * kw_
-    w2 = w.reshape(oc_, k_)
     has_bias = b is not None
     b = b if has_bias else _NO_BIAS[out.dtype]
     has_res = residual is not None
     res = residual if has_res else _NO_RES[out.dtype]
-    path, hq, wq, size = _algorithm(x, out, kh_, kw_, stride, padding, dilation)
+    key = (x.shape, w.shape, out.shape, out.dtype, stride, padding, dilation, groups,
+           numba.get_num_threads())
+    g = _GEMM_PLANS.get(key)
+    if g is None:
+        g = _gemm_plan(x, w, out, stride, padding, dilation, groups)
+        if len(_GEMM_PLANS) >= 1024:
+            _GEMM_PLANS.clear()
+        _GEMM_PLANS[key] = g
+    path, size, nbg, k_, chunk, cstride, wq, kofs, rph, cph, hq, tasks, soff = g
     (sh, sw), (pt, pl), (dh, dw) = stride, padding, dilation
-    ocg = oc_ // groups
-    nbg = -(-ocg // MR)
-    lanes = simd.lanes_of(out.dtype)
-    npos = (out.shape[2] - 1) * wq + out.shape[3] if path != "gather" else out.shape[2] * out.shape[3]
-    tiles = x.shape[0] * groups * -(-npos // (NVMAX * lanes))
-    chunk = _chunk(tiles, nbg)
     with WEIGHTS.transformed(w, ("panels", MR), groups * nbg * k_ * MR, out.dtype,
-                             lambda ap: pack(ap, w2, groups, nbg)) as ap:
+                             lambda ap: pack(ap, w.reshape(w.shape[0], k_), groups, nbg)) as ap:
         if path == "gather":
-            _conv_gather(out, x, ap, nbg, chunk, groups, kh_, kw_, sh, sw, pt, pl, dh, dw, b,
-                         has_bias, res, has_res, act, alpha)
-            return
-        rph, cph, kofs, cstride = _plan(cg, kh_, kw_, sh, sw, dh, dw, hq, wq)
-        if path == "inplace":
-            _conv_grid(out, x.reshape(-1), cstride, wq, cg, ap, nbg, chunk, kofs, groups, b,
-                       has_bias, res, has_res, act, alpha)
-            return
-        with POOL.buffer(size, out.dtype) as ws:
-            _fill_workspace(ws, x, rph, cph, sh, sw, pt, pl, hq, wq)
-            _conv_grid(out, ws, cstride, wq, cg, ap, nbg, chunk, kofs, groups, b, has_bias, res,
-                       has_res, act, alpha)
+            _conv_gather(out, x, ap, nbg, chunk, groups, w.shape[2], w.shape[3], sh, sw, pt, pl,
+                         dh, dw, b, has_bias, res, has_res, act, alpha)
+        elif path == "inplace":
+            _conv_grid(out, x.reshape(-1), cstride, wq, w.shape[1], ap, nbg, tasks, soff, kofs,
+                       groups, b, has_bias, res, has_res, act, alpha)
+        else:
+            with POOL.buffer(size, out.dtype) as ws:
+                _fill_workspace(ws, x, rph, cph, sh, sw, pt, pl, hq, wq)
+                _conv_grid(out, ws, cstride, wq, w.shape[1], ap, nbg, tasks, soff, kofs, groups,
+                           b, has_bias, res, has_res, act, alpha)
+
+
+_GEMM_PLANS = {}  # (shapes, dtype, geometry, threads) -> _gemm_plan(...)
+
+
+def _gemm_plan(x, w, out, stride, padding, dilation, groups):
+    """Everything :func:`gemm_conv2d` derives from the shapes: (path, workspace size, blocks per
+    group, taps, chunk (gather), channel stride, grid width, tap offsets, phases, hq, tasks,
+    soff)."""
+    oc_, cg, kh_, kw_ = w.shape
+    k_ = cg * kh_ * kw_
+    path, hq, wq, size = _algorithm(x, out, kh_, kw_, stride, padding, dilation)
+    (sh, sw), (dh, dw) = stride, dilation
+    nbg = -(-(oc_ // groups) // MR)
+    if path == "gather":
+        lanes = simd.lanes_of(out.dtype)
+        tiles = x.shape[0] * groups * -(-(out.shape[2] * out.shape[3]) // (NVMAX * lanes))
+        return path, size, nbg, k_, _chunk(tiles, nbg), 0, 0, None, None, None, 0, None, None
+    rph, cph, kofs, cstride = _plan(cg, kh_, kw_, sh, sw, dh, dw, hq, wq)
+    tasks, soff = _schedule(x.shape[0], groups, nbg, out, cg, rph, cph, kh_, kw_, sh, dh, hq,
+                            wq)
+    return path, size, nbg, k_, 0, cstride, wq, kofs, rph, cph, hq, tasks, soff
+
+
+def _schedule(n_, groups, nbg, out, cg, rph, cph, kh_, kw_, sh, dh, hq, wq):
+    """:func:`_grid_schedule` for a call: input bytes per grid position (all phase planes), the
+    positions of halo the taps add below a group of tiles, and the packed weights' bytes."""
+    lanes = simd.lanes_of(out.dtype)
+    halo = ((kh_ - 1) * dh // sh + 1) * wq
+    itemsize = out.dtype.itemsize
+    return _grid_schedule(n_ * groups, nbg, (out.shape[2] - 1) * wq + out.shape[3], lanes,
+                          cg * len(rph) * len(cph) * itemsize, halo, hq * wq,
+                          numba.get_num_threads(), groups * nbg * MR * cg * kh_ * kw_ * itemsize)

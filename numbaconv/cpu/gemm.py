@@ -10,6 +10,7 @@ MR*NV fused multiply-adds. Loads are masked to the valid columns, so a tile neve
 them. ``init`` 0 starts from zero, 1 adds to what ``tile`` holds (reductions done in chunks).
 """
 
+import numpy as np
 from numba import prange
 
 from numbaconv.cpu import simd
@@ -251,3 +252,22 @@ def pack(ap, w2, groups, nbg):
             else:
                 for k in range(k_):
                     dst[k * MR + r] = zero
+
+
+def partition(costs, nwk):
+    """Offsets (nwk + 1,) that split tasks of ``costs`` (in order) into nwk contiguous runs of
+    near-equal total cost, and the cost of the largest run.
+
+    Worker k takes tasks offs[k] .. offs[k + 1]: a task goes to the worker whose share of the
+    total its midpoint falls in. Contiguous runs keep a worker's consecutive tasks on shared
+    data (the same weights or input), which round-robin would scatter.
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    cum = np.cumsum(costs)
+    total = cum[-1] if len(cum) else 0.0
+    mids = cum - costs / 2
+    offs = np.searchsorted(mids, total * np.arange(nwk + 1) / nwk).astype(np.int64)
+    offs[0], offs[-1] = 0, len(costs)
+    spans = np.add.reduceat(np.append(costs, 0.0), offs[:-1]) if len(costs) else np.zeros(nwk)
+    spans[offs[:-1] == offs[1:]] = 0.0  # reduceat gives the next cost for an empty run
+    return offs, float(spans.max())

@@ -18,12 +18,15 @@ the tiles of all images (batched, so that 7x7 images still fill vectors at batch
   slab reused by the chunk from L1/L2), then ``Y = A^T M A`` with bias, residual and the
   activation writes the 4x4 tiles into ``out``, dropping positions past its edge.
 
-Two schedules (:func:`_plan`). Fused, for few channels: one task per panel transforms the
-panel's input into the worker's own V, runs the GEMMs and writes the output, so V never leaves
-that core's cache and no task waits for another. Blocked, for many channels (a panel's V would
-not stay in cache): per block of tile rows, all workers transform the input into a shared V,
-then all run the GEMMs. Either keeps its scratch within the size of input + output when
-:func:`winograd_applies` says yes.
+Two schedules (:func:`_plan`). Fused, for few channels: a task (a panel, a range of its
+channel blocks) transforms the panel's input into the worker's own V, runs the GEMMs and writes
+the output, so V never leaves that core's cache and no task waits for another. Blocked, for
+many channels (a panel's V would not stay in cache): per block of tile rows, all workers
+transform the input into a shared V, then all run the GEMMs. Either keeps its scratch within
+the size of input + output when :func:`winograd_applies` says yes. The GEMM work of both is
+cut into one contiguous run of (panel, channel block) pairs per worker, of equal modelled time
+(:func:`_fused_tasks`, :func:`_blocked_tasks`): 5 panels split 2.5 : 2.5 between 2 workers,
+not 3 : 2.
 
 The transform matrices use the interpolation points 0, 1, -1, 1/2, -2 (and infinity) instead of
 Lavin's 0, +-1, +-2: the same cost, and 2.5x less float32 error (measured on random data, max
@@ -32,6 +35,7 @@ error / sum|x*w| with 256 channels: 2.8e-7 against 6.9e-7).
 
 import collections
 import functools
+import math
 
 import numba
 import numpy as np
@@ -43,7 +47,7 @@ from numba.extending import intrinsic
 from numbaconv._ops import ACT_NONE, ACT_RELU
 from numbaconv.cpu import simd
 from numbaconv.cpu._common import FASTMATH, apply_act, helper, kernel
-from numbaconv.cpu.gemm import MR, NVMAX, microkernel
+from numbaconv.cpu.gemm import MR, NVMAX, microkernel, partition
 from numbaconv.cpu.workspace import POOL, WEIGHTS
 
 TILE = 4  # output tile side (m)
@@ -529,20 +533,20 @@ def _panel(of, oshape, v, voff, xs, kofs, c_, ap, nb, ob0, ob1, obchunk, mt, ybu
 # --------------------------------------------------------------------------------------------
 
 @kernel
-def _winograd_fused(out, x, ap, nb, nsplit, obchunk, xs, kofs, scratch, nwk, th, tw, pt, pl, b,
+def _winograd_fused(out, x, ap, nb, tasks, soff, obchunk, xs, kofs, scratch, th, tw, pt, pl, b,
                     has_bias, res, has_res, act, alpha):
-    """Winograd F(4x4, 3x3) conv, one task per (panel of nr tiles, share of the output
-    channels): the task transforms its panel's input into per-worker V, runs its GEMMs and
+    """Winograd F(4x4, 3x3) conv, one task per (panel of nr tiles, range of output channel
+    blocks): the task transforms its panel's input into per-worker V, runs its GEMMs and
     writes its outputs. Nothing is shared between tasks, V stays in the worker's cache.
 
     Parameters
     ----------
     out : (N, OC, OH, OW), filled in place. x : (N, C, H, W).
     ap : transformed filters from :func:`_filter_transform`, nb blocks of MR channels.
-    nsplit : tasks per panel (each ceil(nb / nsplit) channel blocks, transforming the panel's
-        input again). obchunk : channel blocks per GEMM pass.
+    tasks, soff : from :func:`_fused_tasks`: rows (panel, first block, end block); worker k
+        runs rows soff[k] .. soff[k + 1]. obchunk : channel blocks per GEMM pass.
     xs : stride of V's 36 planes (each C x nr). kofs : from :func:`_kofs`.
-    scratch : nwk workers' scratch, each ``len(scratch) // nwk`` long.
+    scratch : the workers' scratch, each ``len(scratch) // len(soff) - 1`` long.
     th, tw : tiles per image side. pt, pl : top / left padding.
     b, res : bias (OC,) and residual (shaped as out), used when has_bias / has_res.
     """
@@ -554,10 +558,9 @@ def _winograd_fused(out, x, ap, nb, nsplit, obchunk, xs, kofs, scratch, nwk, th,
     nr = NVMAX * L
     ms = MR * nr
     wb = _row_len(tw, L)
+    nwk = soff.shape[0] - 1
     sstride = scratch.shape[0] // nwk
     tiles = n_ * th * tw
-    npan = (tiles + nr - 1) // nr
-    per = (nb + nsplit - 1) // nsplit
     zero = out.dtype.type(0)
     nv_ = NXI * xs
     nm = obchunk * NXI * ms
@@ -576,22 +579,20 @@ def _winograd_fused(out, x, ap, nb, nsplit, obchunk, xs, kofs, scratch, nwk, th,
                      base + nv_ + nm + 16 * nr + ns_]
         for q in range(ALPHA * wb):
             sv[q] = zero
-        for t in range(wk, npan * nsplit, nwk):
-            jt = t // nsplit
-            sp = t - jt * nsplit
-            col = jt * nr
+        for t in range(soff[wk], soff[wk + 1]):
+            col = tasks[t, 0] * nr
             plen = min(nr, tiles - col)
             for c in range(c_):
                 _input_span(v, xf, h, w, c_, c, col, plen, origin, th, tw, pt, pl, xs, nr, plen,
                             sv, wb, stage, dv)
             _panel(of, out.shape, v, origin, xs, kofs[_pwidth(0, nr, plen, L) // L - 1], c_, ap,
-                   nb, sp * per, min(nb, (sp + 1) * per), obchunk, mt, ybuf, col, plen, th, tw, b,
+                   nb, tasks[t, 1], tasks[t, 2], obchunk, mt, ybuf, col, plen, th, tw, b,
                    has_bias, rf, has_res, act, alpha)
 
 
 @kernel
-def _winograd_blocked(out, x, ap, nb, v, xs, rows_blk, cchunk, obchunk, kofs, scratch, nwk, th,
-                      tw, pt, pl, b, has_bias, res, has_res, act, alpha):
+def _winograd_blocked(out, x, ap, nb, v, xs, rows_blk, cchunk, obchunk, tasks, soff, kofs, scratch,
+                      th, tw, pt, pl, b, has_bias, res, has_res, act, alpha):
     """Winograd F(4x4, 3x3) conv over blocks of tile rows: per block, all workers transform the
     input into the shared V (tasks of (tile row or vector of tiles, chunk of channels)), then
     run the GEMMs and the output transform (tasks of (panel, chunk of channel blocks)). For
@@ -601,7 +602,9 @@ def _winograd_blocked(out, x, ap, nb, v, xs, rows_blk, cchunk, obchunk, kofs, sc
     ----------
     v : V scratch for one block: 36 planes xs apart, each (panels, C, nr).
     rows_blk : tile rows per block. cchunk : channels per input-transform task. obchunk :
-        channel blocks per GEMM task. Others as :func:`_winograd_fused`.
+        channel blocks per GEMM pass. tasks, soff : from :func:`_blocked_tasks`, GEMM tasks
+        (panel, first block, end block); worker k runs rows soff[i, k] .. soff[i, k + 1],
+        i = 0 for full blocks, 1 for the last one. Others as :func:`_winograd_fused`.
     """
     n_, c_, h, w = x.shape
     xf = x.reshape(-1)
@@ -611,10 +614,10 @@ def _winograd_blocked(out, x, ap, nb, v, xs, rows_blk, cchunk, obchunk, kofs, sc
     nr = NVMAX * L
     ms = MR * nr
     wb = _row_len(tw, L)
+    nwk = soff.shape[1] - 1
     sstride = scratch.shape[0] // nwk
     nrows = n_ * th
     nch = (c_ + cchunk - 1) // cchunk
-    nobc = (nb + obchunk - 1) // obchunk
     zero = out.dtype.type(0)
     for gr0 in range(0, nrows, rows_blk):
         nrb = min(rows_blk, nrows - gr0)
@@ -637,18 +640,31 @@ def _winograd_blocked(out, x, ap, nb, v, xs, rows_blk, cchunk, obchunk, kofs, sc
                     _input_span(v, xf, h, w, c_, c, col0 + u * unit,
                                 min(unit, pblk - u * unit), u * unit, th, tw, pt, pl, xs, nr, pblk,
                                 sv, wb, stage, dv)
-        npb = (pblk + nr - 1) // nr
+        last = 1 if gr0 + rows_blk >= nrows else 0
         for wk in prange(nwk):
             base = wk * sstride
             mt = scratch[base:base + obchunk * NXI * ms]
             ybuf = scratch[base + obchunk * NXI * ms:base + obchunk * NXI * ms + 16 * nr]
-            for t in range(wk, npb * nobc, nwk):
-                jt = t % npb  # panels fastest: a worker's consecutive tasks share the filters
-                ob0 = (t // npb) * obchunk
+            for t in range(soff[last, wk], soff[last, wk + 1]):
+                jt = tasks[t, 0]
                 _panel(of, out.shape, v, jt * c_ * nr, xs, kofs[_pwidth(jt, nr, pblk, L) // L - 1],
-                       c_, ap, nb, ob0,
-                       min(nb, ob0 + obchunk), obchunk, mt, ybuf, col0 + jt * nr,
+                       c_, ap, nb, tasks[t, 1], tasks[t, 2], obchunk, mt, ybuf, col0 + jt * nr,
                        min(nr, pblk - jt * nr), th, tw, b, has_bias, rf, has_res, act, alpha)
+
+
+@kernel
+def nonfinite_probe(a):
+    """Sum of ``v - v``: 0 when every value is finite, NaN otherwise (one vectorised pass)."""
+    chunk = 1 << 14
+    nchunk = (a.shape[0] + chunk - 1) // chunk
+    total = a.dtype.type(0)
+    for t in prange(nchunk):
+        seg = a[t * chunk:min(a.shape[0], (t + 1) * chunk)]
+        s = a.dtype.type(0)
+        for i in range(seg.shape[0]):
+            s += seg[i] - seg[i]
+        total += s
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -686,7 +702,7 @@ def _fit_rows(nrows, tw, limit, lanes):
 
 
 Plan = collections.namedtuple(
-    "Plan", "fused th tw nb obchunk nsplit rows_blk cchunk xs vsize ssize nwk fits")
+    "Plan", "fused th tw nb obchunk rows_blk cchunk xs vsize ssize nwk fits")
 Plan.__doc__ = """How one call runs (see :func:`_plan`); ``fits``: its scratch stays within the size
 of input + output."""
 
@@ -701,7 +717,14 @@ def _v_stride(cols_c, itemsize):
 def _plan(x_shape, oc_, out_shape, dtype):
     """Schedule and scratch sizes for one call: fused (one task per panel, V per worker) when
     a panel's V stays in cache (few channels) and the scratch fits, else blocked (V per block
-    of tile rows)."""
+    of tile rows). Cached per shape, worker count and scheduling knobs."""
+    return _make_plan(tuple(x_shape), oc_, tuple(out_shape), np.dtype(dtype),
+                      numba.get_num_threads(), simd.LANES,
+                      (FUSED_V_BYTES, V_BLOCK_BYTES, OB_CHUNK, OB_CHUNK_FUSED, ROW_MIN_TILES))
+
+
+@functools.lru_cache(maxsize=256)
+def _make_plan(x_shape, oc_, out_shape, dtype, nwk, _lanes, _knobs):
     n_, c_, h, w = x_shape
     oh_, ow_ = out_shape[2], out_shape[3]
     itemsize = np.dtype(dtype).itemsize
@@ -709,9 +732,7 @@ def _plan(x_shape, oc_, out_shape, dtype):
     nr = NVMAX * lanes
     th, tw = -(-oh_ // TILE), -(-ow_ // TILE)
     nb = -(-oc_ // MR)
-    nwk = numba.get_num_threads()
     nrows = n_ * th
-    tiles = nrows * tw
     budget = n_ * (c_ * h * w + oc_ * oh_ * ow_)  # elements: input + output (the issue's bound)
     tscr = ALPHA * _row_len(tw, lanes) + ALPHA * lanes + NXI * lanes  # input-transform scratch
     yscr = 16 * nr  # output-transform scratch
@@ -719,14 +740,12 @@ def _plan(x_shape, oc_, out_shape, dtype):
     def mscr(obchunk):  # M tiles of a GEMM pass
         return NXI * obchunk * MR * nr
     if NXI * c_ * nr * itemsize <= FUSED_V_BYTES:
-        npan = -(-tiles // nr)
-        nsplit = max(1, min(nb, -(-2 * nwk // npan)))  # split panels when they are too few
-        per = -(-nb // nsplit)
-        obchunk = max(1, min(per, OB_CHUNK_FUSED))
+        # Panels too few for the workers are split by channel blocks (:func:`_fused_tasks`).
+        obchunk = max(1, min(nb, OB_CHUNK_FUSED))
         xs = _v_stride(c_ * nr, itemsize)
         ssize = nwk * (NXI * xs + mscr(obchunk) + yscr + tscr)
         if ssize <= budget:
-            return Plan(True, th, tw, nb, obchunk, nsplit, 0, 0, xs, 0, ssize, nwk, True)
+            return Plan(True, th, tw, nb, obchunk, 0, 0, xs, 0, ssize, nwk, True)
     # Blocked; the M tiles of fewer channel blocks per task when memory is short.
     for obchunk in (OB_CHUNK, OB_CHUNK // 2, OB_CHUNK // 4, 1):
         obchunk = max(1, min(nb, obchunk))
@@ -750,8 +769,77 @@ def _plan(x_shape, oc_, out_shape, dtype):
     # Input-transform tasks: (unit, chunk of channels), enough for every worker.
     nunit = rows_blk if tw >= ROW_MIN_TILES else -(-(rows_blk * tw) // lanes)
     cchunk = max(1, min(c_, (nunit * c_) // (8 * nwk)))
-    return Plan(False, th, tw, nb, obchunk, 1, rows_blk, cchunk, xs, vsize, ssize, nwk,
+    return Plan(False, th, tw, nb, obchunk, rows_blk, cchunk, xs, vsize, ssize, nwk,
                 vsize + ssize <= budget)
+
+
+def _block_cost(plen, c_, lanes):
+    """Modelled time of one MR-channel block of a panel of plen tiles: the GEMMs (2 or 3
+    vectors per microkernel step, whatever plen fills) and the output transform (~10 / C of a
+    GEMM vector). Unit: one vector of GEMM."""
+    nvec = -(-plen // lanes)
+    return (NVMAX if plen > 2 * lanes else 2) + nvec * 10.0 / c_
+
+
+def _split(items, nwk):
+    """Contiguous shares of ``items`` ((panel, block, cost) in order) for nwk workers, as task
+    rows (panel, first block, end block): a worker's run of blocks of one panel is one task.
+    Returns (rows, offsets (nwk + 1,))."""
+    offs, _ = partition([c for _, _, c in items], nwk)
+    rows, soff = [], [0]
+    for k in range(nwk):
+        for i in range(offs[k], offs[k + 1]):
+            jt, ob, _ = items[i]
+            if i > offs[k] and rows[-1][0] == jt and rows[-1][2] == ob:
+                rows[-1][2] = ob + 1
+            else:
+                rows.append([jt, ob, ob + 1])
+        soff.append(len(rows))
+    return rows, soff
+
+
+def _frozen(a):
+    a = np.array(a, dtype=np.int64)
+    a.flags.writeable = False
+    return a
+
+
+@functools.lru_cache(maxsize=64)
+def _fused_tasks(tiles, nb, c_, lanes, nwk):
+    """Tasks of the fused schedule: (panel, first block, end block) rows and each worker's
+    offsets into them. The (panel, block) sequence is cut into nwk runs of equal modelled time
+    (a panel's input transform, ~2 GEMM vectors per vector of tiles, counted once), so that a
+    short last panel or fewer panels than workers still split evenly: a panel cut between two
+    workers is transformed by both."""
+    nr = NVMAX * lanes
+    items = []
+    for jt in range(-(-tiles // nr)):
+        plen = min(nr, tiles - jt * nr)
+        cost = _block_cost(plen, c_, lanes)
+        items += [(jt, ob, cost + (2.0 * -(-plen // lanes) if ob == 0 else 0.0))
+                  for ob in range(nb)]
+    rows, soff = _split(items, nwk)
+    return _frozen(rows).reshape(-1, 3), _frozen(soff)
+
+
+@functools.lru_cache(maxsize=64)
+def _blocked_tasks(pblk, plast, nb, obchunk, c_, lanes, nwk):
+    """GEMM tasks of the blocked schedule for a block of pblk tiles (row 0 of the offsets) and
+    the last block of plast tiles (row 1): (chunk of obchunk blocks, panel, block) in that
+    order, cut into nwk runs of equal modelled time, so that a worker's consecutive tasks share
+    a chunk's filters."""
+    nr = NVMAX * lanes
+    rows, soff = [], []
+    for p in (pblk, plast):
+        items = []
+        for cb in range(0, nb, obchunk):
+            for jt in range(-(-p // nr)):
+                cost = _block_cost(min(nr, p - jt * nr), c_, lanes)
+                items += [(jt, ob, cost) for ob in range(cb, min(nb, cb + obchunk))]
+        r, o = _split(items, nwk)
+        soff.append([len(rows) + i for i in o])
+        rows += r
+    return _frozen(rows).reshape(-1, 3), _frozen(soff)
 
 
 def winograd_applies(x_shape, out_shape, padding, dtype=np.float32):
@@ -782,7 +870,7 @@ def winograd_applies(x_shape, out_shape, padding, dtype=np.float32):
     return 2.0 * NXI * out_shape[1] * x_shape[1] * pl.rows_blk * pl.tw >= MIN_BLOCK_FLOPS
 
 
-def winograd_conv2d(out, x, w, b, residual, padding, act, alpha):
+def winograd_conv2d(out, x, w, b, residual, padding, act, alpha, finite_only=False):
     """3x3, stride-1, undilated, ungrouped conv2d by Winograd F(4x4, 3x3).
 
     Parameters
@@ -792,25 +880,50 @@ def winograd_conv2d(out, x, w, b, residual, padding, act, alpha):
     residual : array shaped as out, or None; added after the bias, before the activation.
     padding : (top, left) ints.
     act : numbaconv._ops.ACT_* code applied last; alpha its parameter.
+    finite_only : when True and x or w holds a NaN or Inf, return False without running (the
+        transforms would spread it over whole 4x4 output tiles; the caller runs the direct
+        conv). The weight's finiteness is kept with its cached transform.
+
+    Returns
+    -------
+    bool : whether it ran.
     """
     dtype = out.dtype
+    if finite_only and not math.isfinite(nonfinite_probe(x.reshape(-1))):
+        return False
     oc_, c_ = w.shape[0], w.shape[1]
     has_bias = b is not None
     b = b if has_bias else _NO_BIAS[dtype]
     has_res = residual is not None
     res = residual if has_res else _NO_RES[dtype]
     pl = _plan(x.shape, oc_, out.shape, dtype)
-    kofs = _kofs(c_, simd.lanes_of(dtype))
+    lanes = simd.lanes_of(dtype)
+    kofs = _kofs(c_, lanes)
     pt, pleft = padding
-    with WEIGHTS.transformed(w, ("winograd", TILE, MR), NXI * pl.nb * c_ * MR, dtype,
-                             lambda ap: _filter_transform(ap, w, pl.nb)) as ap, \
-            POOL.buffer(pl.ssize, dtype) as scratch:
-        if pl.fused:
-            _winograd_fused(out, x, ap, pl.nb, pl.nsplit, pl.obchunk, pl.xs, kofs,
-                            scratch[:pl.ssize], pl.nwk, pl.th, pl.tw, pt, pleft, b, has_bias, res,
-                            has_res, act, alpha)
-            return
-        with POOL.buffer(pl.vsize, dtype) as v:
-            _winograd_blocked(out, x, ap, pl.nb, v, pl.xs, pl.rows_blk, pl.cchunk, pl.obchunk,
-                              kofs, scratch[:pl.ssize], pl.nwk, pl.th, pl.tw, pt, pleft, b,
-                              has_bias, res, has_res, act, alpha)
+    size = NXI * pl.nb * c_ * MR
+    # One element past the transform holds the weight's probe (0 when finite, else NaN).
+    with WEIGHTS.transformed(w, ("winograd", TILE, MR), size + 1, dtype,
+                             lambda ap: _transform_filters(ap, w, pl.nb, size)) as ap:
+        if finite_only and not math.isfinite(ap[size]):
+            return False
+        with POOL.buffer(pl.ssize, dtype) as scratch:
+            if pl.fused:
+                tasks, soff = _fused_tasks(x.shape[0] * pl.th * pl.tw, pl.nb, c_, lanes, pl.nwk)
+                _winograd_fused(out, x, ap, pl.nb, tasks, soff, pl.obchunk, pl.xs, kofs,
+                                scratch[:pl.ssize], pl.th, pl.tw, pt, pleft, b, has_bias, res,
+                                has_res, act, alpha)
+                return True
+            nrows = x.shape[0] * pl.th
+            last = nrows - (-(-nrows // pl.rows_blk) - 1) * pl.rows_blk
+            tasks, soff = _blocked_tasks(pl.rows_blk * pl.tw, last * pl.tw, pl.nb, pl.obchunk,
+                                         c_, lanes, pl.nwk)
+            with POOL.buffer(pl.vsize, dtype) as v:
+                _winograd_blocked(out, x, ap, pl.nb, v, pl.xs, pl.rows_blk, pl.cchunk,
+                                  pl.obchunk, tasks, soff, kofs, scratch[:pl.ssize], pl.th, pl.tw,
+                                  pt, pleft, b, has_bias, res, has_res, act, alpha)
+    return True
+
+
+def _transform_filters(ap, w, nb, size):
+    _filter_transform(ap, w, nb)
+    ap[size] = nonfinite_probe(w.reshape(-1))

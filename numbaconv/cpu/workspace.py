@@ -7,7 +7,6 @@ bounded by ``NUMBACONV_CACHE_MB`` (default 256) with least-recently-used evictio
 """
 
 import collections
-import contextlib
 import os
 import threading
 
@@ -41,25 +40,27 @@ class _Pool:
         self._keep = keep
         self.allocations = 0
 
-    @contextlib.contextmanager
     def buffer(self, size, dtype):
         """A flat array of at least ``size`` elements of ``dtype``, for the ``with`` block."""
         dtype = np.dtype(dtype)
         with self._lock:
             free = self._free[dtype]
-            fits = [i for i, b in enumerate(free) if b.size >= size]
-            buf = free.pop(min(fits, key=lambda i: free[i].size)) if fits else None
+            best = -1
+            for i, b in enumerate(free):
+                if b.size >= size and (best < 0 or b.size < free[best].size):
+                    best = i
+            buf = free.pop(best) if best >= 0 else None
         if buf is None:
             buf = np.empty(max(size, 1), dtype)
             self.allocations += 1
-        try:
-            yield buf
-        finally:
-            with self._lock:
-                free = self._free[dtype]
-                free.append(buf)
-                if len(free) > self._keep:  # drop the smallest: the big ones are the costly ones
-                    del free[min(range(len(free)), key=lambda i: free[i].size)]
+        return _Lease(self, buf, dtype)
+
+    def _give_back(self, buf, dtype):
+        with self._lock:
+            free = self._free[dtype]
+            free.append(buf)
+            if len(free) > self._keep:  # drop the smallest: the big ones are the costly ones
+                del free[min(range(len(free)), key=lambda i: free[i].size)]
 
     def clear(self):
         with self._lock:
@@ -78,7 +79,6 @@ class _WeightCache:
         self.misses = 0
         self.limit = _cache_limit()
 
-    @contextlib.contextmanager
     def transformed(self, array, kind, size, dtype, fill):
         """A flat buffer of ``size`` elements of ``dtype`` holding ``fill(buffer)``'s transform
         of ``array``, for the ``with`` block: the cached one for a tracked array whose version
@@ -88,10 +88,7 @@ class _WeightCache:
         """
         ver = _weights.version(array)
         if ver is None or self.limit == 0:
-            with POOL.buffer(size, dtype) as buf:
-                fill(buf)
-                yield buf
-            return
+            return _Filled(POOL.buffer(size, dtype), fill)
         serial, ver = ver
         key = (serial, ver, array.__array_interface__["data"][0], array.shape, array.strides,
                array.dtype.str, kind)
@@ -106,7 +103,7 @@ class _WeightCache:
             value = np.empty(size, dtype)
             fill(value)
             self._insert(key, value)
-        yield value
+        return _Held(value)
 
     def _insert(self, key, value):
         with self._lock:
@@ -128,6 +125,59 @@ class _WeightCache:
     def stats(self):
         return {"hits": self.hits, "misses": self.misses, "entries": len(self._entries),
                 "bytes": self.bytes, "limit_bytes": self.limit}
+
+
+class _Lease:
+    """A pooled buffer for a ``with`` block, handed back to the pool at its end (a plain class:
+    a generator-based context manager costs more than a small conv's kernel launch)."""
+
+    __slots__ = ("_pool", "_buf", "_dtype")
+
+    def __init__(self, pool, buf, dtype):
+        self._pool, self._buf, self._dtype = pool, buf, dtype
+
+    def __enter__(self):
+        return self._buf
+
+    def __exit__(self, *exc):
+        self._pool._give_back(self._buf, self._dtype)
+        return False
+
+
+class _Filled:
+    """A pooled buffer filled on entry (an untracked weight's transform, made per call)."""
+
+    __slots__ = ("_lease", "_fill")
+
+    def __init__(self, lease, fill):
+        self._lease, self._fill = lease, fill
+
+    def __enter__(self):
+        buf = self._lease.__enter__()
+        try:
+            self._fill(buf)
+        except BaseException:
+            self._lease.__exit__(None, None, None)
+            raise
+        return buf
+
+    def __exit__(self, *exc):
+        return self._lease.__exit__(*exc)
+
+
+class _Held:
+    """A cached transform for a ``with`` block (nothing to give back)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value):
+        self._value = value
+
+    def __enter__(self):
+        return self._value
+
+    def __exit__(self, *exc):
+        return False
 
 
 POOL = _Pool()
