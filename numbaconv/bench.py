@@ -33,9 +33,9 @@ package; ``bench/shapes.py`` re-exports them.
 
 import os
 
-# PyTorch's OpenMP workers spin after each call and steal the cores Numba's threads need; a
-# passive wait policy keeps the side-by-side timing fair. It must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Set in the children that time one library alone (thread scaling): no wait-policy change there.
+_ALONE = "NUMBACONV_BENCH_ALONE"
+_USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY") or None  # before _torch() sets it
 
 import contextlib  # noqa: E402
 import datetime  # noqa: E402
@@ -144,15 +144,29 @@ def _time_rounds(fns, budget=0.5, min_runs=3, max_runs=50):
 
 
 def _torch():
-    """torch, or None when it is not installed."""
-    if "torch" not in sys.modules and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-        print("note: OMP_WAIT_POLICY is not PASSIVE; PyTorch's spinning threads will slow "
-              "numbaconv in the same process")
+    """torch, or None when it is not installed.
+
+    Where both libraries share the process, PyTorch's OpenMP workers spin after each call and
+    steal the cores Numba's threads need, so a passive wait policy is set before torch loads
+    (it applies to Numba's OpenMP threads too: they sleep between calls, which costs short
+    multi-threaded calls a wake-up; thread scaling is therefore timed in processes of their own).
+    """
+    if "torch" not in sys.modules and not os.environ.get(_ALONE):
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        if os.environ["OMP_WAIT_POLICY"].upper() != "PASSIVE":
+            print("note: OMP_WAIT_POLICY is not PASSIVE; PyTorch's spinning threads will slow "
+                  "numbaconv in the same process")
     try:
         import torch
     except ImportError:
         return None
     return torch
+
+
+def _torch_available():
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 @contextlib.contextmanager
@@ -395,10 +409,12 @@ def _format_row(row):
 # Thread scaling
 # ---------------------------------------------------------------------------------------------
 
-def _time_thread_rounds(fns, counts, torch, budget, min_runs=3, max_runs=30):
+def _time_thread_rounds(fns, counts, torch, budget, min_runs=3, max_runs=30, burst=3):
     """Best seconds of each of ``fns`` at each thread count in ``counts``, in rounds that visit
-    every count, so that load from other processes hits all alike; the thread count is switched
-    outside the timed calls. Returns {count: {label: best ms}}."""
+    every count, so that load from other processes hits all alike. The thread count is switched
+    outside the timed calls, and the first call after a switch is not timed: OpenMP runtimes
+    re-form their thread team when the count changes, a cost a program running at one thread
+    count does not pay. Then ``burst`` calls are timed. Returns {count: {label: best ms}}."""
     times = {n: {label: [] for label in fns} for n in counts}
     for n in counts:
         with _threads(n, torch):
@@ -411,16 +427,50 @@ def _time_thread_rounds(fns, counts, torch, budget, min_runs=3, max_runs=30):
         for n in counts:
             with _threads(n, torch):
                 for label, fn in fns.items():
-                    t0 = time.perf_counter()
                     fn()
-                    times[n][label].append(time.perf_counter() - t0)
+                    for _ in range(burst):
+                        t0 = time.perf_counter()
+                        fn()
+                        times[n][label].append(time.perf_counter() - t0)
         rounds += 1
     return {n: {label: 1e3 * min(t) for label, t in per.items()} for n, per in times.items()}
 
 
-def run_scaling(layers, batch, with_torch=True, budget=0.5, progress=print):
-    """Dense conv2d time at 1 thread over time at all threads, numbaconv and PyTorch (CPU)."""
-    torch = _torch() if with_torch else None
+_SCALING_CHILD = """
+import json, sys
+from numbaconv import bench
+layers, batch, lib, budget = json.loads(sys.argv[1])
+rows = bench.run_scaling([tuple(la) for la in layers], batch, budget=budget, libs=(lib,),
+                         alone=False, progress=lambda line: None)
+print("RESULT " + json.dumps({"rows": rows}))
+"""
+
+
+def run_scaling(layers, batch, with_torch=True, budget=0.5, progress=print,
+                libs=("numbaconv", "torch"), alone=True):
+    """Dense conv2d time at 1 thread over time at all threads, numbaconv and PyTorch (CPU).
+
+    With ``alone`` each library is timed in a fresh process of its own, with the OpenMP wait
+    policy the user's environment gives (the side-by-side sections set PASSIVE for PyTorch's
+    sake, which makes Numba's threads sleep between calls too): the scaling a program using one
+    of them sees. ``libs`` chooses the libraries.
+    """
+    libs = [lib for lib in libs if lib == "numbaconv" or (with_torch and _torch_available())]
+    if alone:
+        merged = {}
+        for lib in libs:
+            res = _child(_SCALING_CHILD, [[list(la) for la in layers], batch, lib, budget],
+                         env={_ALONE: "1"})
+            for row in res["rows"]:
+                merged.setdefault(row["layer"], {}).update(row)
+        rows = [merged[la[0]] for la in layers]
+        for row in rows:
+            row["method"] = "each library alone in a fresh process"
+            progress(f"{row['layer']:<30} b={batch:<3} {row['threads']} threads vs 1: numbaconv "
+                     f"{row['numbaconv_speedup']:.2f}x"
+                     + (f", torch {row['torch_speedup']:.2f}x" if "torch_speedup" in row else ""))
+        return rows
+    torch = _torch() if "torch" in libs else None
     nmax = numba.get_num_threads()
     rng = np.random.default_rng(2)
     rows = []
@@ -432,7 +482,7 @@ def run_scaling(layers, batch, with_torch=True, budget=0.5, progress=print):
         def nc_call():
             return F.conv2d(x, w, stride=s, padding=p, groups=g)
 
-        fns = {"numbaconv": nc_call}
+        fns = {"numbaconv": nc_call} if "numbaconv" in libs else {}
         if torch is not None:
             fns.update(_torch_conv_fns(torch, "cpu", x, w, s, p, g))
         per = _time_thread_rounds(fns, (1, nmax), torch, budget)
@@ -442,9 +492,8 @@ def run_scaling(layers, batch, with_torch=True, budget=0.5, progress=print):
             row[f"{label}_{nmax}t_ms"] = per[nmax][label]
             row[f"{label}_speedup"] = per[1][label] / per[nmax][label]
         rows.append(row)
-        progress(f"{name:<30} b={batch:<3} {nmax} threads vs 1: numbaconv "
-                 f"{row['numbaconv_speedup']:.2f}x"
-                 + (f", torch {row['torch_speedup']:.2f}x" if "torch_speedup" in row else ""))
+        progress(f"{name:<30} b={batch:<3} {nmax} threads vs 1: "
+                 + ", ".join(f"{label} {row[label + '_speedup']:.2f}x" for label in fns))
     return rows
 
 
@@ -917,6 +966,10 @@ print("RESULT " + json.dumps({"import_s": t1 - t0, "build_s": t2 - t1, "first_fo
 def _child(code, arg, env=None, timeout=900):
     full = dict(os.environ, NUMBACONV_DEVICE=_device.get_device())
     full.update(env or {})
+    if _ALONE in full:  # a library alone: the wait policy the user's environment gives
+        full.pop("OMP_WAIT_POLICY", None)
+        if _USER_WAIT_POLICY is not None:
+            full["OMP_WAIT_POLICY"] = _USER_WAIT_POLICY
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(arg)], env=full, text=True,
                           capture_output=True, timeout=timeout)

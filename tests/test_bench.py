@@ -53,6 +53,10 @@ def test_scaling_rows():
     n = r["threads"]
     assert r["numbaconv_speedup"] == pytest.approx(r["numbaconv_1t_ms"] / r[f"numbaconv_{n}t_ms"])
     assert ("torch_speedup" in r) == WITH_TORCH
+    assert r["method"] == "each library alone in a fresh process"
+    (same,) = bench.run_scaling(TINY[:1], 1, with_torch=False, budget=BUDGET, progress=_quiet,
+                                alone=False)  # in this process
+    assert same["numbaconv_speedup"] > 0 and "torch_speedup" not in same
 
 
 def test_elementwise_rows():
