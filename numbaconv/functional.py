@@ -18,7 +18,7 @@ import numbers
 
 import numpy as np
 
-from numbaconv import _cuda, _ops
+from numbaconv import _convshape, _cuda, _ops
 from numbaconv import device as _device
 
 __all__ = [
@@ -28,6 +28,13 @@ __all__ = [
     # backward ops (training)
     "cross_entropy_backward", "linear_backward", "log_softmax_backward", "mse_loss_backward",
     "softmax_backward",
+    # convolution training ops and the transposed convolution
+    "conv1d_backward", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
+    # pooling, activation and batch_norm training ops; dropout
+    "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_backward", "avg_pool2d_backward",
+    "batch_norm_backward", "dropout", "dropout_backward", "gelu_backward", "hardswish_backward",
+    "leaky_relu_backward", "max_pool2d_backward", "relu6_backward", "relu_backward",
+    "sigmoid_backward", "silu_backward", "tanh_backward",
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -741,34 +748,26 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     running_mean, running_var : arrays (C,)
     weight, bias : arrays (C,) or None (ones / zeros)
     training : bool
-        Training mode (batch statistics, running-stat updates) arrives with the backward kernels;
-        ``True`` raises ``NotImplementedError`` for now.
+        Training mode normalises with the batch's own mean and biased variance over all dims
+        but 1, and, when the running statistics are given (they may be None here), updates
+        them in place as PyTorch does: ``r = (1 - momentum) * r + momentum * batch`` with the
+        unbiased variance for ``running_var``. Needs more than one value per channel.
     momentum : float
-        Only used in training mode.
+        Only used in training mode; None (torch's cumulative average) raises ``TypeError``
+        here, since it needs the batch count that ``nn.BatchNorm2d`` keeps.
     eps : float
         Added to the variance for stability.
     """
+    training = bool(training)
     if training:
-        raise NotImplementedError("batch_norm(training=True) is not implemented yet; use "
-                                  "training=False (inference with running statistics)")
-    call = _Call("batch_norm", ("weight", "bias"), input=input, running_mean=running_mean,
-                 running_var=running_var, weight=weight, bias=bias)
-    _rank(call, "input", tuple(range(2, 33)))
-    dtype = call.float_dtype("input")
-    names = ("running_mean", "running_var", "weight", "bias")
-    call.same_dtype(dtype, *names)
-    shape = tuple(call["input"].shape)
-    c = shape[1]
-    for name in names:
-        a = call[name]
-        if a is not None and tuple(a.shape) != (c,):
-            raise ValueError(f"batch_norm(): {name} must have shape ({c},) to match the input's "
-                             f"{c} channels, got {tuple(a.shape)}")
-    if not isinstance(eps, numbers.Real) or eps < 0:
-        raise ValueError(f"batch_norm(): eps must be a non-negative number, got {eps!r}")
+        _check_momentum("batch_norm", momentum)
+    call = _Call("batch_norm", _BN_ARRAYS if training else ("weight", "bias"), input=input,
+                 running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    dtype, shape, n, c, s = _batch_norm_args(call, training, momentum, eps)
+    if training:
+        return _batch_norm_train(call, dtype, shape, n, c, s, momentum, eps)
     out = call.empty(shape, dtype)
     if out.size:
-        s = int(np.prod(shape[2:]))
         weight = call.ready("weight") if call["weight"] is not None else call.constant(c, dtype, 1)
         bias = call.ready("bias") if call["bias"] is not None else call.constant(c, dtype, 0)
         _backend(call.device).batch_norm(
@@ -1133,3 +1132,583 @@ def mse_loss_backward(grad_output, input, target, reduction="mean"):
             gx.reshape((size,)), gt.reshape((size,)), call.ready("input").reshape((size,)),
             call.ready("target").reshape((size,)), go, scale)
     return call.finish(gx), call.finish(gt)
+
+
+# --------------------------------------------------------------------------------------------
+# Convolution training ops and the transposed convolution. The shape arithmetic is
+# numbaconv._convshape's; the data gradient of conv2d is conv_transpose2d's forward.
+# --------------------------------------------------------------------------------------------
+
+def _zeros(call, shape, dtype):
+    """A zero-filled output on the call's device (degenerate shapes only)."""
+    z = np.zeros(shape, dtype)
+    return z if call.device == "cpu" else _cuda.to_device(z)
+
+
+def _conv_args(call, nd, stride, padding, dilation, groups):
+    """Check conv{nd}d's input, weight and bias as :func:`conv2d` does; return (dtype,
+    :class:`numbaconv._convshape.ConvGeometry`)."""
+    op = call.op
+    _rank(call, "input", (nd + 1, nd + 2))
+    _rank(call, "weight", (nd + 2,))
+    dtype = call.float_dtype("input")
+    call.same_dtype(dtype, "weight", "bias")
+    groups = _convshape.check_groups(op, groups)
+    stride = _int_tuple(stride, nd, op, "stride", 1)
+    dilation = _int_tuple(dilation, nd, op, "dilation", 1)
+    if not isinstance(padding, str):
+        padding = _int_tuple(padding, nd, op, "padding", 0)
+    b = call["bias"]
+    return dtype, _convshape.conv_geometry(op, nd, call["input"].shape, call["weight"].shape,
+                                           None if b is None else b.shape, stride, padding,
+                                           dilation, groups)
+
+
+def _conv_backward(op, forward, nd, grad_output, input, weight, bias, stride, padding, dilation,
+                   groups):
+    call = _Call(op, ("bias",), input=input, grad_output=grad_output, weight=weight, bias=bias)
+    dtype, geo = _conv_args(call, nd, stride, padding, dilation, groups)
+    _check_grad_output(call, geo.out_shape, dtype, forward)
+    be = _backend(call.device)
+    go = call.ready("grad_output").reshape(geo.out4)
+    gx = call.empty(geo.x4, dtype)
+    be.conv2d_backward_input(gx, go, call.ready("weight").reshape(geo.w4), None, geo.stride,
+                             geo.padding, geo.dilation, geo.groups)
+    gw = call.empty(geo.w4, dtype)
+    be.conv2d_backward_weight(gw, go, call.ready("input").reshape(geo.x4), geo.stride,
+                              geo.padding, geo.dilation, geo.groups)
+    gb = None
+    if call["bias"] is not None:
+        gb = call.empty((geo.w4[0],), dtype)
+        be.conv2d_backward_bias(gb, go)
+    return (call.finish(gx.reshape(tuple(call["input"].shape))),
+            call.finish(gw.reshape(tuple(call["weight"].shape))),
+            None if gb is None else call.finish(gb))
+
+
+def conv2d_backward(grad_output, input, weight, bias=None, stride=1, padding=0, dilation=1,
+                    groups=1):
+    """Gradients of :func:`conv2d`: ``(grad_input, grad_weight, grad_bias)``.
+
+    Parameters
+    ----------
+    grad_output : array shaped as ``conv2d(input, weight, bias, ...)``, the input's dtype
+    input, weight, bias, stride, padding, dilation, groups : as in :func:`conv2d`
+
+    Returns
+    -------
+    tuple
+        ``grad_input`` (input's shape): the transposed convolution of ``grad_output`` with
+        ``weight`` (:func:`conv_transpose2d`'s arithmetic); ``grad_weight`` (weight's shape):
+        the correlation of ``input`` with ``grad_output``, summed over the batch; ``grad_bias``:
+        ``grad_output`` summed over batch and positions, or None when ``bias`` is None.
+
+    Examples
+    --------
+    >>> gx, gw, gb = F.conv2d_backward(grad_y, x, w, b, stride=2, padding=1)
+    """
+    return _conv_backward("conv2d_backward", "conv2d", 2, grad_output, input, weight, bias,
+                          stride, padding, dilation, groups)
+
+
+def conv1d_backward(grad_output, input, weight, bias=None, stride=1, padding=0, dilation=1,
+                    groups=1):
+    """Gradients of :func:`conv1d`: ``(grad_input, grad_weight, grad_bias)``, as
+    :func:`conv2d_backward` over images of height 1."""
+    return _conv_backward("conv1d_backward", "conv1d", 1, grad_output, input, weight, bias,
+                          stride, padding, dilation, groups)
+
+
+def _conv_transpose_args(call, stride, padding, output_padding, groups, dilation):
+    """Check conv_transpose2d's arguments; return (dtype, ConvGeometry of the convolution whose
+    data gradient it is: ``x4`` is the transposed op's output, ``out4`` its input)."""
+    op = call.op
+    _rank(call, "input", (3, 4))
+    _rank(call, "weight", (4,))
+    dtype = call.float_dtype("input")
+    call.same_dtype(dtype, "weight", "bias")
+    groups = _convshape.check_groups(op, groups)
+    stride = _int_tuple(stride, 2, op, "stride", 1)
+    padding = _int_tuple(padding, 2, op, "padding", 0)
+    output_padding = _int_tuple(output_padding, 2, op, "output_padding", 0)
+    dilation = _int_tuple(dilation, 2, op, "dilation", 1)
+    b = call["bias"]
+    return dtype, _convshape.conv_transpose_geometry(
+        op, 2, call["input"].shape, call["weight"].shape, None if b is None else b.shape, stride,
+        padding, output_padding, dilation, groups)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1):
+    """2-D transposed convolution, as ``torch.nn.functional.conv_transpose2d``.
+
+    The gradient of :func:`conv2d` w.r.t. its input, for a conv2d with the same ``weight``,
+    stride, padding, dilation and groups (and runs on the same kernels).
+
+    Parameters
+    ----------
+    input : array (N, C_in, H, W) or (C_in, H, W), float32 or float64
+    weight : array (C_in, C_out // groups, KH, KW), same dtype
+    bias : array (C_out,) or None
+    stride, padding, output_padding, dilation : int or (int, int)
+        ``output_padding`` (added to the bottom/right of the output) must be smaller than the
+        stride or the dilation; ``padding`` takes no strings, as in torch.
+    groups : int, dividing C_in and C_out
+
+    Returns
+    -------
+    array (N, C_out, OH, OW) with ``OH = (H - 1)*stride - 2*padding + dilation*(KH - 1) +
+    output_padding + 1``.
+
+    Examples
+    --------
+    >>> x = np.random.rand(1, 8, 16, 16).astype(np.float32)
+    >>> w = np.random.rand(8, 4, 4, 4).astype(np.float32)
+    >>> F.conv_transpose2d(x, w, stride=2, padding=1).shape
+    (1, 4, 32, 32)
+    """
+    call = _Call("conv_transpose2d", ("bias",), input=input, weight=weight, bias=bias)
+    dtype, geo = _conv_transpose_args(call, stride, padding, output_padding, groups, dilation)
+    out = call.empty(geo.x4, dtype)
+    if out.size:
+        _backend(call.device).conv2d_backward_input(
+            out, call.ready("input").reshape(geo.out4), call.ready("weight"), call.ready("bias"),
+            geo.stride, geo.padding, geo.dilation, geo.groups)
+    return call.finish(out.reshape(geo.out_shape))
+
+
+def conv_transpose2d_backward(grad_output, input, weight, bias=None, stride=1, padding=0,
+                              output_padding=0, groups=1, dilation=1):
+    """Gradients of :func:`conv_transpose2d`: ``(grad_input, grad_weight, grad_bias)``.
+
+    ``grad_input = conv2d(grad_output, weight, None, stride, padding, dilation, groups)``; the
+    weight gradient is conv2d's weight gradient with the roles of input and grad_output swapped;
+    ``grad_bias`` sums ``grad_output`` over batch and positions (None when ``bias`` is None).
+    ``grad_output`` has the shape of ``conv_transpose2d(input, weight, bias, ...)``.
+    """
+    op = "conv_transpose2d_backward"
+    call = _Call(op, ("bias",), input=input, grad_output=grad_output, weight=weight, bias=bias)
+    dtype, geo = _conv_transpose_args(call, stride, padding, output_padding, groups, dilation)
+    _check_grad_output(call, geo.out_shape, dtype, "conv_transpose2d")
+    be = _backend(call.device)
+    gy = call.ready("grad_output").reshape(geo.x4)
+    w = call.ready("weight")
+    if geo.w4[1] == 0 or 0 in geo.out4:  # no output channels, or nothing to compute
+        gx = _zeros(call, geo.out4, dtype)
+    else:
+        gx = call.empty(geo.out4, dtype)
+        be.conv2d(gx, gy, w, None, None, geo.stride, geo.padding, geo.dilation, geo.groups,
+                  _ops.ACT_NONE, 0.0)
+    gw = call.empty(geo.w4, dtype)
+    be.conv2d_backward_weight(gw, call.ready("input").reshape(geo.out4), gy, geo.stride,
+                              geo.padding, geo.dilation, geo.groups)
+    gb = None
+    if call["bias"] is not None:
+        gb = call.empty((geo.x4[1],), dtype)
+        be.conv2d_backward_bias(gb, gy)
+    return (call.finish(gx.reshape(tuple(call["input"].shape))), call.finish(gw),
+            None if gb is None else call.finish(gb))
+
+
+# --------------------------------------------------------------------------------------------
+# Backward ops: pooling, activations, batch_norm; dropout
+# --------------------------------------------------------------------------------------------
+
+def _run_pool_backward(call, dtype, shape, out_hw, launch, needs_input):
+    """Allocate the input gradient and run ``launch(gx4, go4, x4)`` (``x4`` None unless
+    ``needs_input``) on 4-D views; return ``(grad_input,)`` in the input's shape."""
+    n, c = (1,) + shape[:1] if len(shape) == 3 else shape[:2]
+    gx = call.empty((n, c) + shape[-2:], dtype)
+    if gx.size:
+        go = call.ready("grad_output").reshape((n, c) + out_hw)
+        x = call.ready("input").reshape((n, c) + shape[-2:]) if needs_input else None
+        launch(gx, go, x)
+    return (call.finish(gx.reshape(shape)),)
+
+
+def _pool_backward_call(op, forward, grad_output, input, shape, out_hw, dtype):
+    call = _Call(op, input=input, grad_output=grad_output)
+    _check_grad_output(call, shape[:-2] + out_hw, dtype, forward)
+    return call
+
+
+def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False):
+    """Gradient of :func:`max_pool2d` w.r.t. ``input``, as a 1-tuple ``(grad_input,)``.
+
+    Each output's gradient goes to the arg-max of its window, chosen as PyTorch does: the first
+    maximum in scan order (row by row), the last NaN when the window holds NaN, the first tap
+    inside the input when all are -inf. Overlapping windows add up.
+
+    Parameters
+    ----------
+    grad_output : array shaped as ``max_pool2d(input, ...)``, the input's dtype
+    input, kernel_size, stride, padding, dilation, ceil_mode : as in :func:`max_pool2d`
+    """
+    op = "max_pool2d_backward"
+    _, dtype, k, s, p, d, shape, out_hw = _pool_setup(op, input, kernel_size, stride, padding,
+                                                     dilation, ceil_mode)
+    call = _pool_backward_call(op, "max_pool2d", grad_output, input, shape, out_hw, dtype)
+    be = _backend(call.device)
+    return _run_pool_backward(call, dtype, shape, out_hw,
+                              lambda gx, go, x: be.max_pool2d_backward(gx, go, x, k, s, p, d),
+                              True)
+
+
+def avg_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True):
+    """Gradient of :func:`avg_pool2d` w.r.t. ``input``, as a 1-tuple ``(grad_input,)``: each
+    output's gradient over its divisor (PyTorch's rules), added over the window.
+
+    ``input`` gives the shape and dtype (its values are not read).
+    """
+    op = "avg_pool2d_backward"
+    _, dtype, k, s, p, _, shape, out_hw = _pool_setup(op, input, kernel_size, stride, padding, 1,
+                                                      ceil_mode)
+    call = _pool_backward_call(op, "avg_pool2d", grad_output, input, shape, out_hw, dtype)
+    be = _backend(call.device)
+    cip = bool(count_include_pad)
+    return _run_pool_backward(call, dtype, shape, out_hw,
+                              lambda gx, go, x: be.avg_pool2d_backward(gx, go, k, s, p, cip),
+                              False)
+
+
+def _adaptive_backward(op, forward, grad_output, input, output_size):
+    # The checks of _adaptive (the forward), on the input alone first.
+    first = _Call(op, input=input)
+    _rank(first, "input", (3, 4))
+    dtype = first.float_dtype("input")
+    shape = tuple(first["input"].shape)
+    if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
+        output_size = (output_size, output_size)
+    if not (isinstance(output_size, (tuple, list)) and len(output_size) == 2 and all(
+            v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+            for v in output_size)):
+        raise TypeError(f"{op}(): output_size must be an int or a tuple of 2 ints (or None), "
+                        f"got {output_size!r}")
+    out_hw = tuple(shape[-2 + i] if v is None else int(v) for i, v in enumerate(output_size))
+    if min(out_hw) < 1:
+        raise ValueError(f"{op}(): output_size must be positive, got {output_size!r}")
+    if min(shape[-2:]) < 1 or (len(shape) == 4 and shape[1] < 1):
+        raise ValueError(f"{op}(): expected non-empty spatial and channel dims, got input of "
+                         f"shape {shape}")
+    call = _pool_backward_call(op, forward, grad_output, input, shape, out_hw, dtype)
+    return call, dtype, shape, out_hw
+
+
+def adaptive_avg_pool2d_backward(grad_output, input, output_size):
+    """Gradient of :func:`adaptive_avg_pool2d` w.r.t. ``input``, as ``(grad_input,)``.
+
+    ``input`` gives the shape and dtype (its values are not read).
+    """
+    call, dtype, shape, out_hw = _adaptive_backward(
+        "adaptive_avg_pool2d_backward", "adaptive_avg_pool2d", grad_output, input, output_size)
+    be = _backend(call.device)
+    return _run_pool_backward(call, dtype, shape, out_hw,
+                              lambda gx, go, x: be.adaptive_avg_pool2d_backward(gx, go), False)
+
+
+def adaptive_max_pool2d_backward(grad_output, input, output_size):
+    """Gradient of :func:`adaptive_max_pool2d` w.r.t. ``input``, as ``(grad_input,)``: each
+    output's gradient goes to its window's arg-max, chosen as in :func:`max_pool2d_backward`."""
+    call, dtype, shape, out_hw = _adaptive_backward(
+        "adaptive_max_pool2d_backward", "adaptive_max_pool2d", grad_output, input, output_size)
+    be = _backend(call.device)
+    return _run_pool_backward(call, dtype, shape, out_hw,
+                              lambda gx, go, x: be.adaptive_max_pool2d_backward(gx, go, x), True)
+
+
+def _elementwise_backward(op, forward, grad_output, input, act, alpha=0.0):
+    call = _Call(op, input=input, grad_output=grad_output)
+    dtype = call.float_dtype("input")
+    shape = tuple(call["input"].shape)
+    _check_grad_output(call, shape, dtype, forward)
+    size = int(np.prod(shape))
+    gx = call.empty(shape, dtype)
+    if size:
+        _backend(call.device).activation_backward(
+            gx.reshape((size,)), call.ready("grad_output").reshape((size,)),
+            call.ready("input").reshape((size,)), act, float(alpha))
+    return (call.finish(gx),)
+
+
+def relu_backward(grad_output, input):
+    """Gradient of :func:`relu`: ``(grad_output * (input > 0),)``; 0 at 0, as torch."""
+    return _elementwise_backward("relu_backward", "relu", grad_output, input, _ops.ACT_RELU)
+
+
+def relu6_backward(grad_output, input):
+    """Gradient of :func:`relu6`: ``grad_output`` where ``0 < input < 6``, else 0 (0 at both
+    kinks, as torch), as a 1-tuple."""
+    return _elementwise_backward("relu6_backward", "relu6", grad_output, input, _ops.ACT_RELU6)
+
+
+def leaky_relu_backward(grad_output, input, negative_slope=0.01):
+    """Gradient of :func:`leaky_relu`: ``grad_output`` where ``input > 0``, else
+    ``grad_output * negative_slope`` (the slope at 0, as torch), as a 1-tuple."""
+    if not isinstance(negative_slope, numbers.Real):
+        raise TypeError(f"leaky_relu_backward(): negative_slope must be a number, got "
+                        f"{negative_slope!r}")
+    return _elementwise_backward("leaky_relu_backward", "leaky_relu", grad_output, input,
+                                 _ops.ACT_LEAKY_RELU, negative_slope)
+
+
+def sigmoid_backward(grad_output, input):
+    """Gradient of :func:`sigmoid`: ``(grad_output * s * (1 - s),)`` with ``s = sigmoid(input)``
+    recomputed from ``input``."""
+    return _elementwise_backward("sigmoid_backward", "sigmoid", grad_output, input,
+                                 _ops.ACT_SIGMOID)
+
+
+def tanh_backward(grad_output, input):
+    """Gradient of :func:`tanh`: ``(grad_output * (1 - tanh(input) ** 2),)``."""
+    return _elementwise_backward("tanh_backward", "tanh", grad_output, input, _ops.ACT_TANH)
+
+
+def silu_backward(grad_output, input):
+    """Gradient of :func:`silu`: ``(grad_output * s * (1 + input * (1 - s)),)``, s the
+    sigmoid."""
+    return _elementwise_backward("silu_backward", "silu", grad_output, input, _ops.ACT_SILU)
+
+
+def gelu_backward(grad_output, input, approximate="none"):
+    """Gradient of :func:`gelu` (exact or ``approximate='tanh'``, torch's formulas), as a
+    1-tuple."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu_backward(): approximate={approximate!r} is not valid; use "
+                         "'none' or 'tanh'")
+    return _elementwise_backward("gelu_backward", "gelu", grad_output, input,
+                                 _ops.ACT_GELU if approximate == "none" else _ops.ACT_GELU_TANH)
+
+
+def hardswish_backward(grad_output, input):
+    """Gradient of :func:`hardswish`: 0 for ``input <= -3``, ``grad_output * (input / 3 + 1/2)``
+    below 3, ``grad_output`` from 3 on (torch's values at the kinks), as a 1-tuple."""
+    return _elementwise_backward("hardswish_backward", "hardswish", grad_output, input,
+                                 _ops.ACT_HARDSWISH)
+
+
+_BN_ARRAYS = ("running_mean", "running_var", "weight", "bias")
+
+
+def _batch_norm_args(call, training, momentum, eps):
+    """Check batch_norm's arrays and numbers; return (dtype, shape, N, C, S). In training mode
+    the running statistics may be None (both or neither) and ``momentum`` must be a number."""
+    op = call.op
+    _rank(call, "input", tuple(range(2, 33)))
+    dtype = call.float_dtype("input")
+    call.same_dtype(dtype, *_BN_ARRAYS)
+    shape = tuple(call["input"].shape)
+    c = shape[1]
+    for name in _BN_ARRAYS:
+        a = call[name]
+        if a is not None and tuple(a.shape) != (c,):
+            raise ValueError(f"{op}(): {name} must have shape ({c},) to match the input's "
+                             f"{c} channels, got {tuple(a.shape)}")
+    if not isinstance(eps, numbers.Real) or eps < 0:
+        raise ValueError(f"{op}(): eps must be a non-negative number, got {eps!r}")
+    n, s = shape[0], int(np.prod(shape[2:]))
+    if training:
+        if (call["running_mean"] is None) != (call["running_var"] is None):
+            raise ValueError(f"{op}(): pass both running_mean and running_var, or neither "
+                             "(batch statistics only)")
+        if n * s <= 1:
+            raise ValueError(f"{op}(): expected more than 1 value per channel when training, "
+                             f"got input size {shape}")
+    return dtype, shape, n, c, s
+
+
+def _check_momentum(op, momentum):
+    if momentum is None:
+        raise TypeError(
+            f"{op}(): momentum=None (a cumulative moving average) needs the number of batches "
+            "seen, which the functional op does not have; pass a float (nn.BatchNorm2d with "
+            "momentum=None keeps the count and passes 1 / count)")
+    if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool):
+        raise TypeError(f"{op}(): momentum must be a float, got {momentum!r}")
+
+
+def _bn_zeros(call, c, dtype):
+    z = np.zeros(c, dtype)
+    return z if call.device == "cpu" else _cuda.to_device(z)
+
+
+def _batch_norm_train(call, dtype, shape, n, c, s, momentum, eps):
+    """Training-mode forward: normalise with the batch statistics and update the running ones
+    in place (the caller's arrays, wherever they live)."""
+    op = call.op
+    for name in ("running_mean", "running_var"):
+        a = call[name]
+        if isinstance(a, np.ndarray) and not a.flags.writeable:
+            raise ValueError(f"{op}(): {name} is read-only; training mode updates the running "
+                             "statistics in place")
+    out = call.empty(shape, dtype)
+    if not out.size:  # no channels
+        return call.finish(out)
+    be = _backend(call.device)
+    x = call.ready("input").reshape((n, c, s))
+    mean, var = call.empty((c,), dtype), call.empty((c,), dtype)
+    be.batch_norm_stats(mean, var, x)
+    weight = call.ready("weight") if call["weight"] is not None else call.constant(c, dtype, 1)
+    bias = call.ready("bias") if call["bias"] is not None else call.constant(c, dtype, 0)
+    be.batch_norm(out.reshape((n, c, s)), x, mean, var, weight, bias, float(eps))
+    if call["running_mean"] is not None:
+        rm, rv = call.ready("running_mean"), call.ready("running_var")
+        be.batch_norm_update(rm, rv, mean, var, float(momentum), n * s)
+        # Copies made on the way in (a host array on the GPU, a strided host array) go back.
+        for name, new in (("running_mean", rm), ("running_var", rv)):
+            orig = call[name]
+            if new is not orig:
+                orig[...] = _cuda.to_host(new) if call.device == "cuda" else new
+    return call.finish(out)
+
+
+def batch_norm_backward(grad_output, input, running_mean, running_var, weight=None, bias=None,
+                        training=False, momentum=0.1, eps=1e-5):
+    """Gradients of :func:`batch_norm`: ``(grad_input, None, None, grad_weight, grad_bias)``.
+
+    Training mode differentiates through the batch statistics, recomputed from ``input`` (no
+    state is kept between the forward and the backward); eval mode uses the running statistics
+    as constants. The running statistics get no gradient (None), nor do ``weight`` / ``bias``
+    when they are None; the running statistics are not updated here.
+
+    Parameters
+    ----------
+    grad_output : array of the input's shape and dtype
+    input, running_mean, running_var, weight, bias, training, eps : as in :func:`batch_norm`
+        (running statistics may be None in training mode)
+    momentum : unused (the forward's running-stat update), accepted for the same call
+
+    Returns
+    -------
+    tuple
+        ``grad_input`` (input's shape), None, None, ``grad_weight = sum(grad_output * xhat)``
+        and ``grad_bias = sum(grad_output)`` over all dims but 1, each (C,) or None.
+    """
+    op = "batch_norm_backward"
+    training = bool(training)
+    call = _Call(op, ("running_mean", "running_var", "weight", "bias") if training else
+                 ("weight", "bias"), input=input, grad_output=grad_output,
+                 running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    dtype, shape, n, c, s = _batch_norm_args(call, training, momentum, eps)
+    _check_grad_output(call, shape, dtype, "batch_norm")
+    gx = call.empty(shape, dtype)
+    gw, gb = call.empty((c,), dtype), call.empty((c,), dtype)
+    be = _backend(call.device)
+    if n * s and c:
+        x = call.ready("input").reshape((n, c, s))
+        if training:
+            mean, var = call.empty((c,), dtype), call.empty((c,), dtype)
+            be.batch_norm_stats(mean, var, x)
+        else:
+            mean, var = call.ready("running_mean"), call.ready("running_var")
+        weight = call.ready("weight") if call["weight"] is not None else \
+            call.constant(c, dtype, 1)
+        be.batch_norm_backward(gx.reshape((n, c, s)), gw, gb,
+                               call.ready("grad_output").reshape((n, c, s)), x, mean, var,
+                               weight, float(eps), training)
+    elif c:  # no values per channel: zero sums, as torch
+        gw, gb = _bn_zeros(call, c, dtype), _bn_zeros(call, c, dtype)
+    return (call.finish(gx), None, None,
+            None if call["weight"] is None else call.finish(gw),
+            None if call["bias"] is None else call.finish(gb))
+
+
+def _dropout_p(op, p):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+        raise ValueError(f"{op}(): dropout probability has to be between 0 and 1, but got {p!r}")
+    return float(p)
+
+
+def _dropout_scale(p):
+    return 0.0 if p == 1 else 1.0 / (1.0 - p)
+
+
+def dropout(input, p=0.5, training=True, inplace=False, *, return_mask=False):
+    """Dropout, as ``torch.nn.functional.dropout``: in training mode each element is zeroed
+    with probability ``p`` and the rest are scaled by ``1 / (1 - p)``.
+
+    The keep mask is drawn on the host from NumPy's global RNG (``np.random.random_sample``;
+    ``np.random.seed`` makes a run repeatable, on either device) and copied to the GPU for
+    device inputs. An element is kept where its uniform draw is ``>= p``. Dropped elements are
+    multiplied by 0, so a dropped NaN or Inf gives NaN, as in torch; ``p = 1`` gives
+    ``input * 0``.
+
+    Parameters
+    ----------
+    input : float32 / float64 array of any shape
+    p : float in [0, 1]
+    training : bool
+        With False (or ``p == 0``) this is the identity and returns ``input`` itself, as torch.
+    inplace : bool
+        Only False: numbaconv never modifies its inputs (True raises ``ValueError``).
+    return_mask : bool, keyword-only
+        Also return the mask for :func:`dropout_backward`: ``(out, mask)``, ``mask`` a bool
+        array of the input's shape on the input's device (True = kept), or None when nothing is
+        dropped (eval mode, ``p == 0``).
+
+    Examples
+    --------
+    >>> y, mask = F.dropout(x, 0.2, return_mask=True)
+    >>> grad_x, = F.dropout_backward(grad_y, x, 0.2, mask=mask)
+    """
+    op = "dropout"
+    p = _dropout_p(op, p)
+    if inplace:
+        raise ValueError(f"{op}(): inplace=True is not supported; numbaconv ops never modify "
+                         "their inputs")
+    call = _Call(op, input=input)
+    dtype = call.float_dtype("input")
+    if not training or p == 0:
+        return (input, None) if return_mask else input
+    shape = tuple(call["input"].shape)
+    size = int(np.prod(shape))
+    host_mask = np.random.random_sample(shape) >= p
+    out = call.empty(shape, dtype)
+    mask = host_mask if call.device == "cpu" else _cuda.to_device(host_mask)
+    if size:
+        _backend(call.device).dropout(out.reshape((size,)), call.ready("input").reshape((size,)),
+                                      mask.reshape((size,)), _dropout_scale(p))
+    out = call.finish(out)
+    if not return_mask:
+        return out
+    return out, (host_mask if call.host_in else call.finish(mask))
+
+
+def dropout_backward(grad_output, input, p=0.5, training=True, inplace=False, *, mask=None):
+    """Gradient of :func:`dropout` w.r.t. ``input``, as a 1-tuple ``(grad_input,)``.
+
+    ``grad_input = grad_output * mask / (1 - p)`` (``grad_output * 0`` for ``p = 1``) with the
+    ``mask`` that ``dropout(..., return_mask=True)`` returned; in eval mode or with ``p == 0``
+    it is ``grad_output`` itself and ``mask`` may be None. ``input`` gives the shape and dtype.
+    """
+    op = "dropout_backward"
+    p = _dropout_p(op, p)
+    if inplace:
+        raise ValueError(f"{op}(): inplace=True is not supported; numbaconv ops never modify "
+                         "their inputs")
+    identity = not training or p == 0
+    arrays = dict(input=input, grad_output=grad_output)
+    if mask is not None:
+        arrays["mask"] = mask
+    call = _Call(op, **arrays)
+    dtype = call.float_dtype("input")
+    shape = tuple(call["input"].shape)
+    _check_grad_output(call, shape, dtype, "dropout")
+    if identity:
+        return (grad_output,)
+    if mask is None:
+        raise ValueError(f"{op}(): training-mode dropout with p > 0 needs the mask that "
+                         "dropout(..., return_mask=True) returned, as mask=")
+    if call["mask"].dtype != np.bool_:
+        raise TypeError(f"{op}(): mask must be a bool array, got dtype {call['mask'].dtype}")
+    if tuple(call["mask"].shape) != shape:
+        raise ValueError(f"{op}(): mask has shape {tuple(call['mask'].shape)} but the input has "
+                         f"shape {shape}; they must be equal")
+    size = int(np.prod(shape))
+    gx = call.empty(shape, dtype)
+    if size:
+        _backend(call.device).dropout(
+            gx.reshape((size,)), call.ready("grad_output").reshape((size,)),
+            call.ready("mask").reshape((size,)), _dropout_scale(p))
+    return (call.finish(gx),)

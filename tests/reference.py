@@ -399,3 +399,78 @@ def numerical_grad(f, args, index, eps=1e-6):
             flat[i] = old
             grad[i] = np.sum(hi - lo) / (2 * eps)
     return grad.reshape(x.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transposed convolution
+# ---------------------------------------------------------------------------------------------
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1):
+    """By its definition: input pixel (ih, iw) of channel ci adds ``x * weight[ci, co, i, j]`` to
+    output pixel (ih*sh - ph + i*dh, iw*sw - pw + j*dw) of channel co (same group). The sums are
+    formed on an uncropped grid (offset by the padding), then the padding is cut away."""
+    x, w, b = _f64(input), _f64(weight), _f64(bias)
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = x[None]
+    (sh, sw), (ph, pw) = _tuple(stride, 2), _tuple(padding, 2)
+    (oph, opw), (dh, dw) = _tuple(output_padding, 2), _tuple(dilation, 2)
+    n, cin, h, wd = x.shape
+    _, coutg, kh, kw = w.shape
+    cing = cin // groups
+    oh = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+    ow = (wd - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+    full = np.zeros((n, coutg * groups, oh + 2 * ph, ow + 2 * pw))
+    for g in range(groups):
+        xg = x[:, g * cing:(g + 1) * cing]
+        wg = w[g * cing:(g + 1) * cing]
+        for i in range(kh):
+            for j in range(kw):
+                # every input pixel of the group, weighted by tap (i, j), lands on a strided grid
+                full[:, g * coutg:(g + 1) * coutg,
+                     i * dh:i * dh + (h - 1) * sh + 1:sh,
+                     j * dw:j * dw + (wd - 1) * sw + 1:sw] += np.einsum("nchw,co->nohw", xg,
+                                                                         wg[:, :, i, j])
+    out = full[:, :, ph:ph + oh, pw:pw + ow]
+    if b is not None:
+        out = out + b.reshape(1, -1, 1, 1)
+    return out[0] if unbatched else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch normalisation in training mode (batch statistics)
+# ---------------------------------------------------------------------------------------------
+
+def _batch_stats(x):
+    """Per-channel mean and biased variance of ``x`` over every dim but 1, shaped to broadcast."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    return mean, ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+
+
+@_quiet
+def batch_norm_training(input, weight=None, bias=None, eps=1e-5):
+    """``batch_norm(..., training=True)``'s output: ``(x - mean) / sqrt(var + eps)`` with the
+    batch's own mean and biased variance per channel (dim 1), then ``* weight + bias``."""
+    x = _f64(input)
+    mean, var = _batch_stats(x)
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    y = (x - mean) / np.sqrt(var + eps)
+    if weight is not None:
+        y = y * _f64(weight).reshape(shape)
+    if bias is not None:
+        y = y + _f64(bias).reshape(shape)
+    return y
+
+
+@_quiet
+def batch_norm_running_update(running_mean, running_var, input, momentum=0.1):
+    """The running statistics after one training-mode batch_norm call, as PyTorch updates them:
+    ``(1 - momentum) * running + momentum * batch``, with the unbiased batch variance."""
+    x = _f64(input)
+    mean, var = _batch_stats(x)
+    count = x.size // x.shape[1]
+    new_mean = (1 - momentum) * _f64(running_mean) + momentum * mean.reshape(-1)
+    new_var = (1 - momentum) * _f64(running_var) + momentum * var.reshape(-1) * count / (count - 1)
+    return new_mean, new_var

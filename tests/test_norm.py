@@ -56,10 +56,12 @@ def test_batch_norm_empty_batch(rng, device, dtype):
     check_op("batch_norm", (x,) + params(rng, 3, dtype), {}, dtype, "norm", device)
 
 
-def test_batch_norm_training_not_implemented(rng, device):
+def test_batch_norm_training_momentum_none_raises(rng, device):
+    # Training mode itself is tested in test_norm_backward.py; the cumulative average
+    # (momentum=None) needs the layer's batch count.
     x = rand(rng, (2, 3, 4), np.float64)
-    with pytest.raises(NotImplementedError):
-        F.batch_norm(x, np.zeros(3), np.ones(3), training=True)
+    with pytest.raises(TypeError, match="momentum"):
+        F.batch_norm(x, np.zeros(3), np.ones(3), training=True, momentum=None)
 
 
 @pytest.mark.parametrize("bad", ["running_mean", "running_var", "weight", "bias"])

@@ -11,11 +11,25 @@ conv:       conv2d(out, x, w, b, residual, stride, padding, dilation, groups, ac
                 stride, padding (top, left), dilation are (h, w) int tuples; padding past the
                 bottom/right edge is implied by out's shape; act is a numbaconv._ops.ACT_* code
                 applied after the bias, alpha its parameter (leaky_relu slope).
+            conv2d_backward_input(gx, go, w, b, stride, padding, dilation, groups)
+                gx (N, C, H, W) filled with the gradient of conv2d's input for go (N, OC, OH,
+                OW), plus b (C,) unless None: this is also conv_transpose2d's forward (its
+                input as go, its output as gx); geometry arguments are the conv2d's
+            conv2d_backward_weight(gw, go, x, stride, padding, dilation, groups)
+                gw (OC, C // groups, KH, KW) = the weight gradient, summed over the batch
+            conv2d_backward_bias(gb, go)     gb (OC,) = go summed over N, OH, OW
 pool:       max_pool2d(out, x, kernel, stride, padding, dilation)
             avg_pool2d(out, x, kernel, stride, padding, count_include_pad)
             adaptive_avg_pool2d(out, x), adaptive_max_pool2d(out, x)
                 x (N, C, H, W), out (N, C, OH, OW); ceil_mode is already in out's shape.
+            max_pool2d_backward(gx, go, x, kernel, stride, padding, dilation)
+            avg_pool2d_backward(gx, go, kernel, stride, padding, count_include_pad)
+            adaptive_avg_pool2d_backward(gx, go), adaptive_max_pool2d_backward(gx, go, x)
+                gx, x (N, C, H, W), go (N, C, OH, OW); gx filled with the input's gradient
+                (max: to the first arg-max of each window in scan order, the last NaN if any)
 activation: activation(out, x, act, alpha)       x, out 1-D
+            activation_backward(gx, go, x, act, alpha)
+                gx, go, x 1-D: gx = go * act'(x), torch's values at kinks (numbaconv._ops_backward)
 dense:      linear(out, x, w, b)                 x (M, K), w (N, K), b (N,) or None, out (M, N)
             softmax(out, x, log)                 x, out (outer, D, inner): softmax over axis 1
             linear_backward(gx, gw, gb, go, x, w)
@@ -24,6 +38,14 @@ dense:      linear(out, x, w, b)                 x (M, K), w (N, K), b (N,) or N
             softmax_backward(gx, go, x, log)     gx, go, x (outer, D, inner); y recomputed from x
 norm:       batch_norm(out, x, mean, var, weight, bias, eps)
                 x, out (N, C, S); mean, var, weight, bias (C,)
+            batch_norm_stats(mean, var, x)      x (N, C, S), N * S >= 1; mean, var (C,) filled
+                                                 with the batch mean and biased variance
+            batch_norm_update(running_mean, running_var, mean, var, momentum, count)
+                (C,) running stats updated in place, torch's rule (unbiased var, count = N * S)
+            batch_norm_backward(gx, gw, gb, go, x, mean, var, weight, eps, training)
+                gx, go, x (N, C, S); gw, gb, mean, var, weight (C,): gw = sum(go * xhat),
+                gb = sum(go); training: mean/var are x's batch stats (gx through them too)
+dropout:    dropout(out, x, mask, scale)         out, x 1-D, mask bool 1-D: x * (mask ? scale : 0)
 loss:       cross_entropy(out, x, target)        x (N, C, S), target int64 (N, S) class indices
                                                  already checked to lie in [0, C); out (N, S)
             cross_entropy_prob(out, x, target)   target (N, C, S) class probabilities; out (N, S)
@@ -53,18 +75,27 @@ from numbaconv.cpu import simd  # noqa: E402  (no kernels: fixes the vector widt
 
 # Before any kernel module is imported: cached kernels compiled from older sources, or for
 # another vector width, are dropped.
-_jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)), [_jitcache.OPS_SOURCE],
+_jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)),
+                  [_jitcache.OPS_SOURCE, _os.path.join(_os.path.dirname(_jitcache.OPS_SOURCE),
+                                                       "_ops_backward.py")],
                   settings=f"simd lanes {simd.LANES}")
 
-from numbaconv.cpu.activation import activation  # noqa: E402
+from numbaconv.cpu.activation import activation, activation_backward  # noqa: E402
 from numbaconv.cpu.conv import conv2d  # noqa: E402
+from numbaconv.cpu.conv_backward import (  # noqa: E402
+    conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight)
 from numbaconv.cpu.dense import linear, linear_backward, softmax, softmax_backward  # noqa: E402
 from numbaconv.cpu.loss import (  # noqa: E402
     cross_entropy, cross_entropy_backward, cross_entropy_prob, cross_entropy_prob_backward,
     reduce_sum, squared_error, squared_error_backward)
-from numbaconv.cpu.norm import batch_norm  # noqa: E402
+from numbaconv.cpu.dropout import dropout  # noqa: E402
+from numbaconv.cpu.norm import (  # noqa: E402
+    batch_norm, batch_norm_backward, batch_norm_stats, batch_norm_update)
 from numbaconv.cpu.optim import adam, sgd  # noqa: E402
 from numbaconv.cpu.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d  # noqa: E402
+from numbaconv.cpu.pool import (  # noqa: E402
+    adaptive_avg_pool2d_backward, adaptive_max_pool2d_backward, avg_pool2d_backward,
+    max_pool2d_backward)
 
 __all__ = [
     "activation", "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm",
@@ -73,4 +104,9 @@ __all__ = [
     # training
     "adam", "cross_entropy_backward", "cross_entropy_prob_backward", "linear_backward", "sgd",
     "softmax_backward", "squared_error_backward",
+    "conv2d_backward_bias", "conv2d_backward_input", "conv2d_backward_weight",
+    # training: pooling, activations, batch norm, dropout
+    "activation_backward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_backward",
+    "avg_pool2d_backward", "batch_norm_backward", "batch_norm_stats", "batch_norm_update",
+    "dropout", "max_pool2d_backward",
 ]

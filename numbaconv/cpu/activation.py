@@ -13,9 +13,9 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
-from numbaconv import _ops
+from numbaconv import _ops, _ops_backward
 from numbaconv.cpu import simd
-from numbaconv.cpu._common import apply_act, helper, kernel
+from numbaconv.cpu._common import _with_vecmath, apply_act, helper, kernel
 from numbaconv.cpu.vecmath import div, erfc, exp, exp_nonpos, prefetch, select, tanh
 
 # Elements per parallel task: large enough to amortise scheduling, small enough to balance cores
@@ -187,3 +187,99 @@ def activation(out, x, act, alpha):
         _piecewise(out, x, act, alpha)
     else:
         special(out, x, alpha)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward: gx = go * act'(x)
+# ---------------------------------------------------------------------------------------------
+
+# _ops_backward.act_grad with vecmath's exp, tanh and erfc: straight-line float32 arithmetic, so
+# LLVM vectorises the loops below (libm calls would keep them scalar).
+act_grad = helper(_with_vecmath(_ops_backward.act_grad))
+
+
+@helper
+def _grad_range(gx, go, x, lo, hi, act, alpha):
+    """``gx[i] = go[i] * act'(x[i])`` for i in [lo, hi); slices indexed from 0 (no wraparound
+    checks), so the loop vectorises."""
+    xs = x[lo:hi]
+    gs = go[lo:hi]
+    os_ = gx[lo:hi]
+    for i in range(hi - lo):
+        os_[i] = act_grad(xs[i], gs[i], act, alpha)
+
+
+@kernel
+def _piecewise_backward(gx, go, x, act, alpha):
+    # One kernel for the cheap activations, one constant-code loop each (as the forward).
+    n = x.shape[0]
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        lo = t * CHUNK
+        hi = min(lo + CHUNK, n)
+        if act == _RELU:
+            _grad_range(gx, go, x, lo, hi, _RELU, alpha)
+        elif act == _RELU6:
+            _grad_range(gx, go, x, lo, hi, _RELU6, alpha)
+        elif act == _LEAKY_RELU:
+            _grad_range(gx, go, x, lo, hi, _LEAKY_RELU, alpha)
+        else:
+            _grad_range(gx, go, x, lo, hi, _HARDSWISH, alpha)
+
+
+@helper
+def _grad_all(gx, go, x, act, alpha):
+    n = x.shape[0]
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        lo = t * CHUNK
+        _grad_range(gx, go, x, lo, min(lo + CHUNK, n), act, alpha)
+
+
+@kernel
+def _sigmoid_backward(gx, go, x, alpha):
+    _grad_all(gx, go, x, _SIGMOID, alpha)
+
+
+@kernel
+def _tanh_backward(gx, go, x, alpha):
+    _grad_all(gx, go, x, _TANH, alpha)
+
+
+@kernel
+def _silu_backward(gx, go, x, alpha):
+    _grad_all(gx, go, x, _SILU, alpha)
+
+
+@kernel
+def _gelu_backward(gx, go, x, alpha):
+    _grad_all(gx, go, x, _GELU, alpha)
+
+
+@kernel
+def _gelu_tanh_backward(gx, go, x, alpha):
+    _grad_all(gx, go, x, _GELU_TANH, alpha)
+
+
+_BACKWARD_KERNELS = {
+    _SIGMOID: _sigmoid_backward,
+    _TANH: _tanh_backward,
+    _SILU: _silu_backward,
+    _GELU: _gelu_backward,
+    _GELU_TANH: _gelu_tanh_backward,
+}
+
+
+def activation_backward(gx, go, x, act, alpha):
+    """``gx[i] = go[i] * act'(x[i])`` for a numbaconv._ops.ACT_* code ``act`` (not ACT_NONE),
+    with PyTorch autograd's values at the kinks (``numbaconv._ops_backward``).
+
+    Parameters
+    ----------
+    gx, go, x : (L,) arrays of one dtype; ``gx`` is filled in place and may be ``go``.
+    act : int, ACT_* code.
+    alpha : float, the leaky_relu slope (ignored by the other activations).
+    """
+    special = _BACKWARD_KERNELS.get(act)
+    if special is None:
+        _piecewise_backward(gx, go, x, act, alpha)
+    else:
+        special(gx, go, x, alpha)

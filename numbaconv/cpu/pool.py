@@ -619,3 +619,191 @@ def adaptive_max_pool2d(out, x):
     x : (N, C, H, W) array.
     """
     _adaptive(MAX, out, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward. Every output's gradient goes to the input elements of its window; windows overlap
+# when the stride is below the kernel, so a parallel task owns whole (n, c) planes of the input
+# gradient (zeroes them, then adds into them): no two tasks write one element.
+# ---------------------------------------------------------------------------------------------
+
+@helper
+def _argmax_add(gf, xf, base, r0, nr, rstep, c0, nc, dw, g):
+    """``gf[base + i] += g`` at the flat plane index i of the first maximum of ``xf[base:]``
+    over the ``nr`` rows ``r0, r0 + rstep, ...`` (flat offsets) and the ``nc`` columns ``c0,
+    c0 + dw, ...``, in scan order, or of the last NaN, as PyTorch's max pooling picks its index:
+    a tap wins when it is greater than the best so far or NaN, and the first tap holds when
+    every value is -inf."""
+    best = r0 + c0
+    m = xf.dtype.type(-np.inf)
+    for i in range(nr):
+        rb = r0 + i * rstep + c0
+        for j in range(nc):
+            k = rb + j * dw
+            v = xf[base + k]
+            # Selects, not branches: which tap wins is data-dependent and mispredicts.
+            take = (v > m) | (v != v)
+            m = v if take else m
+            best = k if take else best
+    gf[base + best] += g
+
+
+@helper
+def _tap_counts(o_, k, s, p, d, size):
+    """(first tap, number of taps inside [0, size)) of each of the ``o_`` windows."""
+    first = np.empty(o_, np.intp)
+    count = np.empty(o_, np.intp)
+    for o in range(o_):
+        a, b = _valid_taps(o * s - p, k, d, size)
+        first[o] = a
+        count[o] = (b - a) // d
+    return first, count
+
+
+@helper
+def _out_range(off, sw, ow_, w):
+    """Outputs ``o`` in [lo, hi) whose tap at input column ``o * sw + off`` lies in [0, w)."""
+    return min(max(0, _ceil_div(-off, sw)), ow_), min(ow_, max(0, _ceil_div(w - off, sw)))
+
+
+@kernel
+def max_pool2d_backward(gx, go, x, kernel, stride, padding, dilation):
+    """Gradient of max pooling: each output's gradient goes to its window's arg-max.
+
+    Parameters
+    ----------
+    gx : (N, C, H, W) array, filled in place.
+    go : (N, C, OH, OW) gradient of the pooled output.
+    x : (N, C, H, W) the pooled input.
+    kernel, stride, padding, dilation : (h, w) int tuples.
+    """
+    n_, c_, h, w = x.shape
+    oh_, ow_ = go.shape[2], go.shape[3]
+    kh, kw = kernel
+    sh, sw = stride
+    ph, pw = padding
+    dh, dw = dilation
+    r0, nr = _tap_counts(oh_, kh, sh, ph, dh, h)
+    c0, ncol = _tap_counts(ow_, kw, sw, pw, dw, w)
+    xf = x.reshape((x.size,))
+    gf = gx.reshape((gx.size,))
+    gof = go.reshape((go.size,))
+    plane = h * w
+    for p in prange(n_ * c_):
+        base = p * plane
+        gf[base:base + plane] = 0
+        ob = p * oh_ * ow_
+        for oh in range(oh_):
+            for ow in range(ow_):
+                _argmax_add(gf, xf, base, r0[oh] * w, nr[oh], dh * w, c0[ow], ncol[ow], dw,
+                            gof[ob + oh * ow_ + ow])
+
+
+@kernel
+def avg_pool2d_backward(gx, go, kernel, stride, padding, count_include_pad):
+    """Gradient of average pooling: each output's gradient over its divisor, added to every
+    input element of its window (PyTorch's divisor rules, as the forward).
+
+    Parameters
+    ----------
+    gx : (N, C, H, W) array, filled in place.
+    go : (N, C, OH, OW) gradient of the pooled output.
+    kernel, stride, padding : (h, w) int tuples.
+    count_include_pad : bool.
+    """
+    n_, c_, h, w = gx.shape
+    oh_, ow_ = go.shape[2], go.shape[3]
+    kh, kw = kernel
+    sh, sw = stride
+    ph, pw = padding
+    inv = np.empty((oh_, ow_), gx.dtype)
+    r0 = np.empty(oh_, np.intp)
+    r1 = np.empty(oh_, np.intp)
+    for oh in range(oh_):
+        hstart = oh * sh - ph
+        r0[oh] = max(hstart, 0)
+        r1[oh] = min(hstart + kh, h)
+        hcount = min(hstart + kh, h + ph) - hstart if count_include_pad else r1[oh] - r0[oh]
+        for o in range(ow_):
+            wstart = o * sw - pw
+            wend = min(wstart + kw, w + pw)
+            wcount = wend - wstart if count_include_pad else min(wend, w) - max(wstart, 0)
+            inv[oh, o] = 1 / gx.dtype.type(hcount * wcount)
+    # Tap j of output o is input column o * sw - pw + j: outputs [olo[j], ohi[j]) have it inside.
+    olo = np.empty(kw, np.intp)
+    ohi = np.empty(kw, np.intp)
+    for j in range(kw):
+        olo[j], ohi[j] = _out_range(j - pw, sw, ow_, w)
+    gf = gx.reshape((gx.size,))
+    gof = go.reshape((go.size,))
+    plane = h * w
+    for p in prange(n_ * c_):
+        base = p * plane
+        gf[base:base + plane] = 0
+        ob = p * oh_ * ow_
+        for oh in range(oh_):
+            grow = gof[ob + oh * ow_:ob + (oh + 1) * ow_]
+            irow = inv[oh]
+            for ih in range(r0[oh], r1[oh]):
+                for j in range(kw):
+                    # A loop over outputs per tap: contiguous stores for stride 1.
+                    rb = base + ih * w + j - pw
+                    for o in range(olo[j], ohi[j]):
+                        gf[rb + o * sw] += grow[o] * irow[o]
+
+
+@kernel
+def adaptive_avg_pool2d_backward(gx, go):
+    """Gradient of adaptive average pooling.
+
+    Parameters
+    ----------
+    gx : (N, C, H, W) array, filled in place.
+    go : (N, C, OH, OW) gradient of the pooled output.
+    """
+    n_, c_, h, w = gx.shape
+    oh_, ow_ = go.shape[2], go.shape[3]
+    hs, he = _windows(h, oh_)
+    ws, we = _windows(w, ow_)
+    for p in prange(n_ * c_):
+        n = p // c_
+        c = p - n * c_
+        gp = gx[n, c]
+        gp[:, :] = 0
+        gop = go[n, c]
+        for oh in range(oh_):
+            for ow in range(ow_):
+                v = gop[oh, ow] / gx.dtype.type((he[oh] - hs[oh]) * (we[ow] - ws[ow]))
+                for ih in range(hs[oh], he[oh]):
+                    xrow = gp[ih]
+                    for iw in range(ws[ow], we[ow]):
+                        xrow[iw] += v
+
+
+@kernel
+def adaptive_max_pool2d_backward(gx, go, x):
+    """Gradient of adaptive max pooling: each output's gradient goes to its window's arg-max
+    (first maximum in scan order, the last NaN if any, as PyTorch).
+
+    Parameters
+    ----------
+    gx : (N, C, H, W) array, filled in place.
+    go : (N, C, OH, OW) gradient of the pooled output.
+    x : (N, C, H, W) the pooled input.
+    """
+    n_, c_, h, w = x.shape
+    oh_, ow_ = go.shape[2], go.shape[3]
+    hs, he = _windows(h, oh_)
+    ws, we = _windows(w, ow_)
+    xf = x.reshape((x.size,))
+    gf = gx.reshape((gx.size,))
+    gof = go.reshape((go.size,))
+    plane = h * w
+    for p in prange(n_ * c_):
+        base = p * plane
+        gf[base:base + plane] = 0
+        ob = p * oh_ * ow_
+        for oh in range(oh_):
+            for ow in range(ow_):
+                _argmax_add(gf, xf, base, hs[oh] * w, he[oh] - hs[oh], w, ws[ow], we[ow] - ws[ow],
+                            1, gof[ob + oh * ow_ + ow])

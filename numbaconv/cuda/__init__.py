@@ -9,17 +9,26 @@ import os as _os
 from numbaconv import _jitcache
 
 # Before any kernel module is imported: cached kernels compiled from older sources are dropped.
-_jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)), [_jitcache.OPS_SOURCE])
+_jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)),
+                  [_jitcache.OPS_SOURCE, _os.path.join(_os.path.dirname(_jitcache.OPS_SOURCE),
+                                                       "_ops_backward.py")])
 
-from numbaconv.cuda.activation import activation  # noqa: E402
+from numbaconv.cuda.activation import activation, activation_backward  # noqa: E402
 from numbaconv.cuda.conv import conv2d  # noqa: E402
+from numbaconv.cuda.conv_backward import (  # noqa: E402
+    conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight)
 from numbaconv.cuda.dense import linear, linear_backward, softmax, softmax_backward  # noqa: E402
 from numbaconv.cuda.loss import (  # noqa: E402
     cross_entropy, cross_entropy_backward, cross_entropy_prob, cross_entropy_prob_backward,
     reduce_sum, squared_error, squared_error_backward)
-from numbaconv.cuda.norm import batch_norm  # noqa: E402
+from numbaconv.cuda.dropout import dropout  # noqa: E402
+from numbaconv.cuda.norm import (  # noqa: E402
+    batch_norm, batch_norm_backward, batch_norm_stats, batch_norm_update)
 from numbaconv.cuda.optim import adam, sgd  # noqa: E402
 from numbaconv.cuda.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d  # noqa: E402
+from numbaconv.cuda.pool import (  # noqa: E402
+    adaptive_avg_pool2d_backward, adaptive_max_pool2d_backward, avg_pool2d_backward,
+    max_pool2d_backward)
 
 __all__ = [
     "activation", "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm",
@@ -28,4 +37,9 @@ __all__ = [
     # training
     "adam", "cross_entropy_backward", "cross_entropy_prob_backward", "linear_backward", "sgd",
     "softmax_backward", "squared_error_backward",
+    "conv2d_backward_bias", "conv2d_backward_input", "conv2d_backward_weight",
+    # training: pooling, activations, batch norm, dropout
+    "activation_backward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_backward",
+    "avg_pool2d_backward", "batch_norm_backward", "batch_norm_stats", "batch_norm_update",
+    "dropout", "max_pool2d_backward",
 ]

@@ -1,6 +1,6 @@
 """Elementwise activation over a flat array on the GPU."""
 
-from numbaconv import _cuda
+from numbaconv import _cuda, _ops_backward
 from numbaconv.cuda._common import THREADS, apply_act, blocks
 
 cuda = _cuda.cuda()
@@ -24,3 +24,26 @@ def activation(out, x, act, alpha):
     alpha : float, the leaky_relu slope (ignored by the other activations).
     """
     _activation[blocks(x.shape[0]), THREADS](out, x, int(act), float(alpha))
+
+
+act_grad = _cuda.device_function(_ops_backward.act_grad)
+
+
+@_cuda.kernel("void({T}[::1], {T}[::1], {T}[::1], int64, float64)")
+def _activation_backward(gx, go, x, act, alpha):
+    """gx[i] = go[i] * act'(x[i]), one thread per element; gx, go, x (L,)."""
+    i = cuda.grid(1)
+    if i < x.shape[0]:
+        gx[i] = act_grad(x[i], go[i], act, alpha)
+
+
+def activation_backward(gx, go, x, act, alpha):
+    """``gx[i] = go[i] * act'(x[i])`` for a numbaconv._ops.ACT_* code ``act``.
+
+    Parameters
+    ----------
+    gx, go, x : (L,) device arrays of one dtype; ``gx`` is filled in place and may be ``go``.
+    act : int, ACT_* code.
+    alpha : float, the leaky_relu slope (ignored by the other activations).
+    """
+    _activation_backward[blocks(x.shape[0]), THREADS](gx, go, x, int(act), float(alpha))

@@ -8,6 +8,7 @@ from numbaconv.nn.activation import (GELU, Hardswish, LeakyReLU, LogSoftmax, ReL
                                      Sigmoid, Softmax, Tanh)
 from numbaconv.nn.container import ModuleList, Sequential
 from numbaconv.nn.conv import Conv1d, Conv2d
+from numbaconv.nn.conv_transpose import ConvTranspose2d
 from numbaconv.nn.fuse import fuse
 from numbaconv.nn.linear import Dropout, Flatten, Identity, Linear
 from numbaconv.nn.module import Module, Parameter, StateDictError
@@ -16,6 +17,7 @@ from numbaconv.nn.pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, M
 
 __all__ = [
     "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm2d", "Conv1d", "Conv2d",
+    "ConvTranspose2d",
     "Dropout", "Flatten", "GELU", "Hardswish", "Identity", "LeakyReLU", "Linear", "LogSoftmax",
     "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU", "ReLU6", "Sequential", "SiLU",
     "Sigmoid", "Softmax", "StateDictError", "Tanh", "fuse",
