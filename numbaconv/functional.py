@@ -663,6 +663,87 @@ def hardswish(input):
 
 
 # --------------------------------------------------------------------------------------------
+# Sums and channel concatenation (private: what the layers need for skip connections, Fire
+# modules and gradient accumulation; torch has them as tensor methods, not in functional)
+# --------------------------------------------------------------------------------------------
+
+def _add(a, b, activation=None):
+    """``activation(a + b)`` elementwise for same-shaped, same-dtype arrays on one device.
+
+    ``activation`` is as :func:`conv2d`'s. One pass; the sum rounds once, as ``a + b``.
+    """
+    call = _Call("add", a=a, b=b)
+    dtype = call.float_dtype("a")
+    call.same_dtype(dtype, "b")
+    shape = tuple(call["a"].shape)
+    if tuple(call["b"].shape) != shape:
+        raise ValueError(f"add(): the shapes differ, {shape} and {tuple(call['b'].shape)}; "
+                         "broadcasting is not supported")
+    act, alpha = _activation("add", activation)
+    size = int(np.prod(shape))
+    out = call.empty(shape, dtype)
+    if size:
+        _backend(call.device).add(out.reshape((size,)), call.ready("a").reshape((size,)),
+                                  call.ready("b").reshape((size,)), act, alpha)
+    return call.finish(out)
+
+
+def _accumulate(out, x):
+    """``out += x`` in place: ``out`` is a C-contiguous array this library owns (a gradient),
+    ``x`` an array of the same shape and dtype on the same device."""
+    if tuple(out.shape) != tuple(x.shape) or np.dtype(out.dtype) != np.dtype(x.dtype):
+        raise ValueError(f"accumulate(): cannot add a {x.dtype} array of shape "
+                         f"{tuple(x.shape)} into a {out.dtype} array of shape {tuple(out.shape)}")
+    size = int(np.prod(tuple(out.shape)))
+    if not size:
+        return
+    if isinstance(out, np.ndarray):
+        # Host arrays are summed on the host, whatever the current device.
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("accumulate(): the target must be a writable C-contiguous array")
+        flat = out.reshape((size,))
+        _backend("cpu").add(flat, flat, np.ascontiguousarray(_device.to_numpy(x)).reshape((size,)),
+                            _ops.ACT_NONE, 0.0)
+        return
+    d_out = _cuda.as_device_array(out)
+    d_x = _cuda.as_device_array(x) if _cuda.is_device_array(x) else _cuda.to_device(
+        np.ascontiguousarray(x))
+    if not d_out.is_c_contiguous() or not d_x.is_c_contiguous():
+        raise ValueError("accumulate(): device arrays must be C-contiguous")
+    flat = d_out.reshape((size,))
+    _backend("cuda").add(flat, flat, d_x.reshape((size,)), _ops.ACT_NONE, 0.0)
+
+
+def _cat_channels(a, b):
+    """``torch.cat([a, b], 1)`` for (N, C, ...) arrays of one dtype on one device."""
+    call = _Call("cat", a=a, b=b)
+    dtype = call.float_dtype("a")
+    call.same_dtype(dtype, "b")
+    sa, sb = tuple(call["a"].shape), tuple(call["b"].shape)
+    if len(sa) < 2 or len(sa) != len(sb) or sa[0] != sb[0] or sa[2:] != sb[2:]:
+        raise ValueError(f"cat(): shapes {sa} and {sb} differ outside dim 1")
+    out = call.empty((sa[0], sa[1] + sb[1]) + sa[2:], dtype)
+    out[:, :sa[1]] = call.ready("a")  # strided copies (numba's on the device)
+    out[:, sa[1]:] = call.ready("b")
+    return call.finish(out)
+
+
+def _split_channels(x, c):
+    """``(x[:, :c], x[:, c:])`` as C-contiguous arrays on ``x``'s device (cat's backward)."""
+    call = _Call("split", x=x)
+    dtype = call.float_dtype("x")
+    s = tuple(call["x"].shape)
+    if len(s) < 2 or not 0 <= c <= s[1]:
+        raise ValueError(f"split(): cannot split {s[1] if len(s) > 1 else None} channels at {c}")
+    full = call.ready("x")
+    first, second = call.empty((s[0], c) + s[2:], dtype), call.empty((s[0], s[1] - c) + s[2:],
+                                                                     dtype)
+    first[...] = full[:, :c]
+    second[...] = full[:, c:]
+    return call.finish(first), call.finish(second)
+
+
+# --------------------------------------------------------------------------------------------
 # Dense
 # --------------------------------------------------------------------------------------------
 

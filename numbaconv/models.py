@@ -10,7 +10,8 @@
 Blocks that are not plain ``Sequential`` chains (ResNet's ``BasicBlock``, MobileNetV2's
 ``InvertedResidual``, SqueezeNet's ``Fire``) define ``_fuse``, which :func:`numbaconv.nn.fuse`
 calls to get their inference form: BatchNorm folded into the convolutions, and the activation and
-the residual add run in the convolution's epilogue.
+the residual add run in the convolution's epilogue. Every model and block also defines
+``backward`` (train mode): the skip connections send the gradient down both paths and add it.
 
 Example
 -------
@@ -25,7 +26,6 @@ import math
 
 import numpy as np
 
-from numbaconv import _cuda
 from numbaconv import device as _device
 from numbaconv import functional as F
 from numbaconv import nn
@@ -58,36 +58,6 @@ def _zero(param):
 def _flatten(x):
     """``torch.flatten(x, 1)`` for a C-contiguous (N, ...) array on any device."""
     return x.reshape((x.shape[0], math.prod(x.shape[1:])))
-
-
-_ONES = {}
-
-
-def _add(a, b, activation=None):
-    """``activation(a + b)`` for same-shaped (N, C, H, W) arrays on one device.
-
-    functional has no elementwise add, so this is a depthwise 1x1 convolution of ``a`` with
-    weight 1 and ``b`` as its residual: ``a * 1`` is exact, so the sum rounds once, as ``a + b``.
-    It runs on every device the convolution does.
-    """
-    c, dtype, where = a.shape[1], np.dtype(a.dtype), _device.where(a)
-    key = (c, dtype.str, where)
-    ones = _ONES.get(key)
-    if ones is None:
-        ones = _ONES[key] = _device.to_device(np.ones((c, 1, 1, 1), dtype), where)
-    return F.conv2d(a, ones, None, groups=c, residual=b, activation=activation)
-
-
-def _cat_channels(a, b):
-    """``torch.cat([a, b], 1)`` for (N, C, H, W) arrays on one device."""
-    if _device.where(a) == "cpu" and _device.where(b) == "cpu":
-        return np.concatenate((a, b), axis=1)
-    da, db = _cuda.as_device_array(a), _cuda.as_device_array(b)
-    ca = da.shape[1]
-    out = _cuda.empty((da.shape[0], ca + db.shape[1]) + tuple(da.shape[2:]), da.dtype)
-    out[:, :ca] = da  # numba's strided device copies
-    out[:, ca:] = db
-    return _device.like(out, a)
 
 
 def _all_foldable(*bns):
@@ -131,7 +101,13 @@ class LeNet5(nn.Module):
             nn.Linear(84, num_classes))
 
     def forward(self, x):
-        return self.classifier(_flatten(self.features(x)))
+        f = self.features(x)
+        self._save(tuple(f.shape))
+        return self.classifier(_flatten(f))
+
+    def backward(self, grad_output):
+        shape, = self._saved_pop()
+        return self.features.backward(self.classifier.backward(grad_output).reshape(shape))
 
 
 def lenet5(num_classes=10, in_channels=1, input_size=32):
@@ -161,7 +137,16 @@ class BasicBlock(nn.Module):
         x = self.conv1._input(x)  # the identity must be on the weights' device too
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        return _add(self.bn2(self.conv2(out)), identity, "relu")
+        out = F._add(self.bn2(self.conv2(out)), identity, "relu")
+        self._save(out)
+        return out
+
+    def backward(self, grad_output):
+        out, = self._saved_pop()
+        g, = F.relu_backward(grad_output, out)  # out > 0 exactly where the sum was
+        gx = self.conv1.backward(self.bn1.backward(self.relu.backward(
+            self.conv2.backward(self.bn2.backward(g)))))
+        return F._add(gx, g if self.downsample is None else self.downsample.backward(g))
 
     def _fuse(self):
         ds = self.downsample
@@ -229,7 +214,15 @@ class ResNet(nn.Module):
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(_flatten(self.avgpool(x)))
+        x = self.avgpool(x)
+        self._save(tuple(x.shape))
+        return self.fc(_flatten(x))
+
+    def backward(self, grad_output):
+        shape, = self._saved_pop()
+        g = self.avgpool.backward(self.fc.backward(grad_output).reshape(shape))
+        g = self.layer1.backward(self.layer2.backward(self.layer3.backward(self.layer4.backward(g))))
+        return self.conv1.backward(self.bn1.backward(self.relu.backward(self.maxpool.backward(g))))
 
     def _fuse(self):
         # Called by nn.fuse on its own copy: the stem and blocks are replaced in place.
@@ -298,7 +291,11 @@ class InvertedResidual(nn.Module):
         if not self.use_res_connect:
             return self.conv(x)
         x = self.conv[0][0]._input(x)
-        return _add(x, self.conv(x))
+        return F._add(x, self.conv(x))
+
+    def backward(self, grad_output):
+        g = self.conv.backward(grad_output)
+        return F._add(g, grad_output) if self.use_res_connect else g
 
     def _fuse(self):
         *blocks, proj, bn = list(self.conv)
@@ -371,8 +368,14 @@ class MobileNetV2(nn.Module):
                 _zero(m.bias)
 
     def forward(self, x):
-        x = F.adaptive_avg_pool2d(self.features(x), (1, 1))
-        return self.classifier(_flatten(x))
+        f = self.features(x)
+        self._save(f)
+        return self.classifier(_flatten(F.adaptive_avg_pool2d(f, (1, 1))))
+
+    def backward(self, grad_output):
+        f, = self._saved_pop()
+        g = self.classifier.backward(grad_output).reshape(tuple(f.shape[:2]) + (1, 1))
+        return self.features.backward(F.adaptive_avg_pool2d_backward(g, f, (1, 1))[0])
 
 
 def mobilenet_v2(num_classes=1000, width_mult=1.0, round_nearest=8, dropout=0.2):
@@ -399,8 +402,16 @@ class Fire(nn.Module):
 
     def forward(self, x):
         x = self.squeeze_activation(self.squeeze(x))
-        return _cat_channels(self.expand1x1_activation(self.expand1x1(x)),
-                             self.expand3x3_activation(self.expand3x3(x)))
+        a = self.expand1x1_activation(self.expand1x1(x))
+        self._save(a.shape[1])
+        return F._cat_channels(a, self.expand3x3_activation(self.expand3x3(x)))
+
+    def backward(self, grad_output):
+        c, = self._saved_pop()
+        ga, gb = F._split_channels(grad_output, c)
+        gx = F._add(self.expand1x1.backward(self.expand1x1_activation.backward(ga)),
+                    self.expand3x3.backward(self.expand3x3_activation.backward(gb)))
+        return self.squeeze.backward(self.squeeze_activation.backward(gx))
 
     def _fuse(self):
         return FusedFire(fold(self.squeeze, None, "relu"), fold(self.expand1x1, None, "relu"),
@@ -417,7 +428,7 @@ class FusedFire(nn.Module):
 
     def forward(self, x):
         x = self.squeeze(x)
-        return _cat_channels(self.expand1x1(x), self.expand3x3(x))
+        return F._cat_channels(self.expand1x1(x), self.expand3x3(x))
 
 
 class SqueezeNet(nn.Module):
@@ -456,7 +467,13 @@ class SqueezeNet(nn.Module):
                 _zero(m.bias)
 
     def forward(self, x):
-        return _flatten(self.classifier(self.features(x)))
+        x = self.classifier(self.features(x))
+        self._save(tuple(x.shape))
+        return _flatten(x)
+
+    def backward(self, grad_output):
+        shape, = self._saved_pop()
+        return self.features.backward(self.classifier.backward(grad_output.reshape(shape)))
 
 
 def squeezenet1_1(num_classes=1000, dropout=0.5):

@@ -115,12 +115,14 @@ def test_train_eval_zero_grad():
     assert all(p.grad is None for p in m.parameters())
 
 
-def test_training_mode_batchnorm_and_dropout_say_call_eval(rng):
-    x = rand(rng, (1, 3, 8, 8), np.float32)
-    with pytest.raises(NotImplementedError, match="eval"):
-        small_net()(x)
-    with pytest.raises(NotImplementedError, match="eval"):
-        nn.Dropout(0.5)(x)
+def test_training_mode_uses_batch_statistics_and_drops(rng):
+    x = rand(rng, (2, 3, 8, 8), np.float32)
+    net = small_net()
+    y_train = net(x)  # BatchNorm normalises by this batch (tests/test_train.py checks the values)
+    y_eval = net.eval()(x)  # by the running statistics, moved 10% towards this batch
+    assert not np.allclose(y_train, y_eval, atol=1e-3)
+    dropped = nn.Dropout(0.5)(x)
+    assert 0 < np.count_nonzero(dropped == 0) < x.size
     assert nn.Dropout(0.5).eval()(x) is x and nn.Dropout(0.0)(x) is x
 
 

@@ -30,6 +30,7 @@ pool:       max_pool2d(out, x, kernel, stride, padding, dilation)
 activation: activation(out, x, act, alpha)       x, out 1-D
             activation_backward(gx, go, x, act, alpha)
                 gx, go, x 1-D: gx = go * act'(x), torch's values at kinks (numbaconv._ops_backward)
+            add(out, a, b, act, alpha)           out, a, b 1-D: out = act(a + b); out may alias
 dense:      linear(out, x, w, b)                 x (M, K), w (N, K), b (N,) or None, out (M, N)
             softmax(out, x, log)                 x, out (outer, D, inner): softmax over axis 1
             linear_backward(gx, gw, gb, go, x, w)
@@ -80,7 +81,7 @@ _jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)),
                                                        "_ops_backward.py")],
                   settings=f"simd lanes {simd.LANES}")
 
-from numbaconv.cpu.activation import activation, activation_backward  # noqa: E402
+from numbaconv.cpu.activation import activation, activation_backward, add  # noqa: E402
 from numbaconv.cpu.conv import conv2d  # noqa: E402
 from numbaconv.cpu.conv_backward import (  # noqa: E402
     conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight)
@@ -98,7 +99,7 @@ from numbaconv.cpu.pool import (  # noqa: E402
     max_pool2d_backward)
 
 __all__ = [
-    "activation", "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm",
+    "activation", "adaptive_avg_pool2d", "adaptive_max_pool2d", "add", "avg_pool2d", "batch_norm",
     "conv2d", "cross_entropy", "cross_entropy_prob", "linear", "max_pool2d", "reduce_sum",
     "softmax", "squared_error",
     # training

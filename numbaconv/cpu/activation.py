@@ -190,6 +190,72 @@ def activation(out, x, act, alpha):
 
 
 # ---------------------------------------------------------------------------------------------
+# Sum: out = act(a + b) (residual connections, gradient accumulation)
+# ---------------------------------------------------------------------------------------------
+
+def _add_range(out, a, b, lo, hi, act, alpha):
+    """``out[i] = act(a[i] + b[i])`` for i in [lo, hi)."""
+
+
+@overload(_add_range)
+def _add_range_overload(out, a, b, lo, hi, act, alpha):
+    if a.dtype == types.float32:
+        return _add_range_vec
+    return _add_range_scalar
+
+
+def _add_range_vec(out, a, b, lo, hi, act, alpha):
+    aseg = a[lo:hi]
+    bseg = b[lo:hi]
+    oseg = out[lo:hi]
+    lanes = simd.width(aseg)
+    n = hi - lo
+    full = n - n % lanes
+    for i in range(0, full, lanes):
+        v = simd.add(simd.load(aseg, i), simd.load(bseg, i))
+        simd.store(oseg, i, _vact_jit(v, act, alpha))
+    if full < n:
+        rest = n - full
+        v = simd.add(simd.load_n(aseg, full, rest), simd.load_n(bseg, full, rest))
+        simd.store_n(oseg, full, _vact_jit(v, act, alpha), rest)
+
+
+def _add_range_scalar(out, a, b, lo, hi, act, alpha):
+    aseg = a[lo:hi]
+    bseg = b[lo:hi]
+    oseg = out[lo:hi]
+    for i in range(hi - lo):
+        oseg[i] = apply_act(aseg[i] + bseg[i], act, alpha)
+
+
+@kernel
+def _add(out, a, b, act, alpha):
+    n = a.shape[0]
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        lo = t * CHUNK
+        hi = min(lo + CHUNK, n)
+        # Constant codes for the common cases, so their formula folds.
+        if act == _ops.ACT_NONE:
+            _add_range(out, a, b, lo, hi, _ops.ACT_NONE, alpha)
+        elif act == _RELU:
+            _add_range(out, a, b, lo, hi, _RELU, alpha)
+        else:
+            _add_range(out, a, b, lo, hi, act, alpha)
+
+
+def add(out, a, b, act, alpha):
+    """``out[i] = act(a[i] + b[i])`` for a numbaconv._ops.ACT_* code ``act`` (ACT_NONE: the sum).
+
+    Parameters
+    ----------
+    out, a, b : (L,) arrays of one dtype; ``out`` may be ``a`` or ``b`` (in place).
+    act : int, ACT_* code.
+    alpha : float, the leaky_relu slope (ignored by the other activations).
+    """
+    _add(out, a, b, act, alpha)
+
+
+# ---------------------------------------------------------------------------------------------
 # Backward: gx = go * act'(x)
 # ---------------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ _jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)),
                   [_jitcache.OPS_SOURCE, _os.path.join(_os.path.dirname(_jitcache.OPS_SOURCE),
                                                        "_ops_backward.py")])
 
-from numbaconv.cuda.activation import activation, activation_backward  # noqa: E402
+from numbaconv.cuda.activation import activation, activation_backward, add  # noqa: E402
 from numbaconv.cuda.conv import conv2d  # noqa: E402
 from numbaconv.cuda.conv_backward import (  # noqa: E402
     conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight)
@@ -31,7 +31,7 @@ from numbaconv.cuda.pool import (  # noqa: E402
     max_pool2d_backward)
 
 __all__ = [
-    "activation", "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm",
+    "activation", "adaptive_avg_pool2d", "adaptive_max_pool2d", "add", "avg_pool2d", "batch_norm",
     "conv2d", "cross_entropy", "cross_entropy_prob", "linear", "max_pool2d", "reduce_sum",
     "softmax", "squared_error",
     # training

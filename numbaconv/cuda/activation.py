@@ -26,6 +26,26 @@ def activation(out, x, act, alpha):
     _activation[blocks(x.shape[0]), THREADS](out, x, int(act), float(alpha))
 
 
+@_cuda.kernel("void({T}[::1], {T}[::1], {T}[::1], int64, float64)")
+def _add(out, a, b, act, alpha):
+    """out[i] = act(a[i] + b[i]), one thread per element; out, a, b (L,)."""
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        out[i] = apply_act(a[i] + b[i], act, alpha)
+
+
+def add(out, a, b, act, alpha):
+    """``out[i] = act(a[i] + b[i])`` for a numbaconv._ops.ACT_* code ``act`` (ACT_NONE: the sum).
+
+    Parameters
+    ----------
+    out, a, b : (L,) device arrays of one dtype; ``out`` may be ``a`` or ``b`` (in place).
+    act : int, ACT_* code.
+    alpha : float, the leaky_relu slope (ignored by the other activations).
+    """
+    _add[blocks(a.shape[0]), THREADS](out, a, b, int(act), float(alpha))
+
+
 act_grad = _cuda.device_function(_ops_backward.act_grad)
 
 

@@ -24,7 +24,15 @@ class _Activation(Module):
         return self._op.__name__
 
     def forward(self, input):
+        self._save(input)
         return type(self)._op(input)
+
+    def backward(self, grad_output):
+        x, = self._saved_pop()
+        return self._backward_op(grad_output, x)
+
+    def _backward_op(self, grad_output, x):
+        return getattr(F, type(self)._op.__name__ + "_backward")(grad_output, x)[0]
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
@@ -78,7 +86,11 @@ class LeakyReLU(_Activation):
         return ("leaky_relu", float(self.negative_slope))
 
     def forward(self, input):
+        self._save(input)
         return F.leaky_relu(input, self.negative_slope)
+
+    def _backward_op(self, grad_output, x):
+        return F.leaky_relu_backward(grad_output, x, self.negative_slope)[0]
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
@@ -99,7 +111,11 @@ class GELU(_Activation):
         return "gelu" if self.approximate == "none" else None
 
     def forward(self, input):
+        self._save(input)
         return F.gelu(input, self.approximate)
+
+    def _backward_op(self, grad_output, x):
+        return F.gelu_backward(grad_output, x, self.approximate)[0]
 
     def extra_repr(self):
         return f"approximate={self.approximate!r}"
@@ -118,7 +134,13 @@ class Softmax(Module):
         if self.dim is None:
             raise ValueError("Softmax: construct it with the dim to normalise over, e.g. "
                              "Softmax(dim=1)")
+        self._save(input)
         return F.softmax(input, self.dim)
+
+    def backward(self, grad_output):
+        x, = self._saved_pop()
+        op = F.log_softmax_backward if isinstance(self, LogSoftmax) else F.softmax_backward
+        return op(grad_output, x, self.dim)[0]
 
     def extra_repr(self):
         return f"dim={self.dim}"
@@ -131,4 +153,5 @@ class LogSoftmax(Softmax):
         if self.dim is None:
             raise ValueError("LogSoftmax: construct it with the dim to normalise over, e.g. "
                              "LogSoftmax(dim=1)")
+        self._save(input)
         return F.log_softmax(input, self.dim)

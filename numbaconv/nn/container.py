@@ -59,6 +59,11 @@ class Sequential(_List):
             input = m(input)
         return input
 
+    def backward(self, grad_output):
+        for m in reversed(self._modules.values()):
+            grad_output = m.backward(grad_output)
+        return grad_output
+
 
 class ModuleList(_List):
     """A list of modules whose parameters the parent sees, as ``torch.nn.ModuleList``."""

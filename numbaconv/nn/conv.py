@@ -60,6 +60,29 @@ class _ConvNd(Module):
         else:
             self.register_parameter("bias", None)
 
+    def _forward(self, op, x, residual=None):
+        x = self._input(x)
+        weight, bias = self.weight.data, None if self.bias is None else self.bias.data
+        # A fused activation or residual (nn.fuse's inference layers) has no backward here.
+        self._save(x if self.activation is None and residual is None else None)
+        kwargs = {} if self._nd == 1 else dict(
+            activation=self.activation, residual=None if residual is None else self._input(residual))
+        return op(x, weight, bias, self.stride, self.padding, self.dilation, self.groups, **kwargs)
+
+    def backward(self, grad_output):
+        x, = self._saved_pop()
+        if x is None:
+            raise RuntimeError(f"{type(self).__name__}.backward(): a convolution with a fused "
+                               "activation or residual (made by nn.fuse) is for inference; "
+                               "train the unfused model")
+        op = F.conv2d_backward if self._nd == 2 else F.conv1d_backward
+        gx, gw, gb = op(grad_output, x, self.weight.data,
+                        None if self.bias is None else self.bias.data, self.stride, self.padding,
+                        self.dilation, self.groups)
+        self._add_grad(self.weight, gw)
+        self._add_grad(self.bias, gb)
+        return gx
+
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
@@ -103,10 +126,7 @@ class Conv2d(_ConvNd):
 
     def forward(self, input, residual=None):
         """``conv2d(input)``; ``residual`` (shaped as the output) is added before the activation."""
-        return F.conv2d(self._input(input), self.weight.data,
-                        None if self.bias is None else self.bias.data, self.stride, self.padding,
-                        self.dilation, self.groups, activation=self.activation,
-                        residual=None if residual is None else self._input(residual))
+        return self._forward(F.conv2d, input, residual)
 
 
 class Conv1d(_ConvNd):
@@ -123,6 +143,4 @@ class Conv1d(_ConvNd):
         super().__init__(*args, **kwargs)
 
     def forward(self, input):
-        return F.conv1d(self._input(input), self.weight.data,
-                        None if self.bias is None else self.bias.data, self.stride, self.padding,
-                        self.dilation, self.groups)
+        return self._forward(F.conv1d, input)

@@ -100,10 +100,20 @@ class ConvTranspose2d(Module):
         """``conv_transpose2d(input)``; ``output_size`` ((H, W), or the full shape) picks the
         output_padding that gives that size, as in PyTorch."""
         x = self._input(input)
+        output_padding = self._output_padding(x, output_size)
+        self._save(x, output_padding)
         return F.conv_transpose2d(x, self.weight.data,
                                   None if self.bias is None else self.bias.data, self.stride,
-                                  self.padding, self._output_padding(x, output_size), self.groups,
-                                  self.dilation)
+                                  self.padding, output_padding, self.groups, self.dilation)
+
+    def backward(self, grad_output):
+        x, output_padding = self._saved_pop()
+        gx, gw, gb = F.conv_transpose2d_backward(
+            grad_output, x, self.weight.data, None if self.bias is None else self.bias.data,
+            self.stride, self.padding, output_padding, self.groups, self.dilation)
+        self._add_grad(self.weight, gw)
+        self._add_grad(self.bias, gb)
+        return gx
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -114,6 +114,7 @@ def fold(conv, bn=None, activation=None):
     for name in ("_parameters", "_buffers", "_modules"):
         object.__setattr__(fused, name, type(getattr(conv, name))())
     object.__setattr__(fused, "_non_persistent", set())
+    object.__setattr__(fused, "_saved", [])
     fused.weight = _parameter(w.astype(dtype), device)
     fused.bias = _parameter(b.astype(dtype), device)
     fused.activation = activation

@@ -40,8 +40,17 @@ class Linear(Module):
             self.register_parameter("bias", None)
 
     def forward(self, input):
-        return F.linear(self._input(input), self.weight.data,
-                        None if self.bias is None else self.bias.data)
+        x = self._input(input)
+        self._save(x)
+        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
+
+    def backward(self, grad_output):
+        x, = self._saved_pop()
+        gx, gw, gb = F.linear_backward(grad_output, x, self.weight.data,
+                                       None if self.bias is None else self.bias.data)
+        self._add_grad(self.weight, gw)
+        self._add_grad(self.bias, gb)
+        return gx
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -66,9 +75,14 @@ class Flatten(Module):
         if start > end:
             raise ValueError(f"Flatten: start_dim ({self.start_dim}) comes after end_dim "
                              f"({self.end_dim}) for a {len(shape)}-D input")
+        self._save(shape)
         if not shape:
             return input.reshape((1,))
         return input.reshape(shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:])
+
+    def backward(self, grad_output):
+        shape, = self._saved_pop()
+        return grad_output.reshape(shape)
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -83,12 +97,14 @@ class Identity(Module):
     def forward(self, input):
         return input
 
+    def backward(self, grad_output):
+        return grad_output
+
 
 class Dropout(Module):
-    """Zeroes elements with probability ``p`` in training mode; the identity in eval mode.
-
-    Training-mode dropout arrives with training support; until then a forward in training mode
-    with ``p > 0`` raises ``NotImplementedError`` (call ``model.eval()`` for inference).
+    """Zeroes elements with probability ``p`` in training mode and scales the rest by
+    ``1 / (1 - p)``; the identity in eval mode. The mask comes from NumPy's global RNG
+    (``np.random.seed`` repeats it), see :func:`numbaconv.functional.dropout`.
     """
 
     def __init__(self, p=0.5, inplace=False):
@@ -98,10 +114,14 @@ class Dropout(Module):
         self.p, self.inplace = float(p), inplace
 
     def forward(self, input):
-        if not self.training or self.p == 0:
-            return input
-        raise NotImplementedError("Dropout in training mode is not implemented yet; call "
-                                  "model.eval() for inference")
+        out, mask = F.dropout(input, self.p, self.training, return_mask=True)
+        self._save(input, mask)
+        return out
+
+    def backward(self, grad_output):
+        x, mask = self._saved_pop()
+        gx, = F.dropout_backward(grad_output, x, self.p, mask is not None, mask=mask)
+        return gx
 
     def extra_repr(self):
         return f"p={self.p}, inplace={self.inplace}"

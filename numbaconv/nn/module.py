@@ -9,11 +9,13 @@ PyTorch model's ``state_dict`` load unchanged.
 import collections
 import copy
 import itertools
+import threading
 
 import numpy as np
 
 from numbaconv import _weights
 from numbaconv import device as _device
+from numbaconv import functional as F
 
 __all__ = ["Module", "Parameter", "StateDictError"]
 
@@ -136,6 +138,7 @@ class Module:
         object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "_modules", collections.OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_saved", [])
 
     def __deepcopy__(self, memo):
         # Device arrays cannot be deep-copied generically; buffers are copied as arrays.
@@ -145,6 +148,8 @@ class Module:
             if key == "_buffers":
                 value = collections.OrderedDict(
                     (name, None if b is None else _copy_array(b)) for name, b in value.items())
+            elif key == "_saved":
+                value = []  # what the last forward kept belongs to the original
             else:
                 value = copy.deepcopy(value, memo)
             object.__setattr__(new, key, value)
@@ -229,7 +234,56 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        # A call from outside any module starts a new forward pass: what the previous pass kept
+        # for backward is dropped, so a forward that is never backpropagated (an accuracy check
+        # in train mode) holds its activations only until the next one.
+        depth = getattr(_calls, "depth", 0)
+        if depth == 0:
+            for m in self.modules():
+                m._saved.clear()
+        _calls.depth = depth + 1
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            _calls.depth = depth
+
+    # ---- backward ----------------------------------------------------------------------------
+
+    def backward(self, grad_output):
+        """Backpropagate ``grad_output`` (the loss gradient of this module's output) through the
+        most recent train-mode forward call: returns the gradient of its input and adds the
+        gradient of each parameter into ``p.grad``.
+
+        Each train-mode call is matched by one ``backward``, last in first out (a module called
+        twice in one forward pass is backpropagated twice, in reverse order). A new forward call
+        of the top-level module drops what an earlier, un-backpropagated pass kept.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no backward(); training through "
+                                  "it is not supported")
+
+    def _save(self, *items):
+        """In train mode, keep ``items`` for the matching :meth:`backward` (a no-op in eval)."""
+        if self.training:
+            self._saved.append(items)
+
+    def _saved_pop(self):
+        """What the latest unmatched train-mode forward kept, for :meth:`backward`."""
+        if not self._saved:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward(): there is no forward pass to backpropagate; "
+                "call the module in train() mode first (eval() forwards keep nothing, and each "
+                "forward is backpropagated at most once)")
+        return self._saved.pop()
+
+    @staticmethod
+    def _add_grad(param, grad):
+        """``param.grad += grad`` (adopting ``grad``, a fresh array, when there is none yet)."""
+        if param is None or grad is None:
+            return
+        if param.grad is None:
+            param.grad = grad
+        else:
+            F._accumulate(param.grad, grad)
 
     def _input(self, x):
         """``x`` on this module's parameters' device: a layer moves host inputs to its weights."""
@@ -407,6 +461,8 @@ class Module:
             raise TypeError(f"train(mode): mode must be a bool, got {type(mode).__name__}")
         for m in self.modules():
             object.__setattr__(m, "training", mode)
+            if not mode:
+                m._saved.clear()
         return self
 
     def eval(self):
@@ -497,6 +553,9 @@ class Module:
         return sorted(set(itertools.chain(super().__dir__(), self._parameters, self._buffers,
                                           self._modules)))
 
+
+# How deep the current thread is in nested module calls (0: a call from user code).
+_calls = threading.local()
 
 _IncompatibleKeys = collections.namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 

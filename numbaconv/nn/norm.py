@@ -14,9 +14,10 @@ __all__ = ["BatchNorm2d"]
 class BatchNorm2d(Module):
     """Batch normalisation over the channels of an (N, C, H, W) input, as ``torch.nn.BatchNorm2d``.
 
-    In eval mode it normalises with the running statistics. Training mode (batch statistics,
-    running-statistic updates) arrives with training support: until then a forward in training
-    mode raises ``NotImplementedError`` (call ``model.eval()`` for inference).
+    In train mode (and whenever it keeps no running statistics) it normalises with the batch's
+    own statistics, and updates ``running_mean`` / ``running_var`` and ``num_batches_tracked``
+    as PyTorch does (``momentum=None``: a cumulative average, momentum ``1 / batches``). In eval
+    mode it normalises with the running statistics.
 
     Parameters
     ----------
@@ -61,14 +62,34 @@ class BatchNorm2d(Module):
         if input.ndim != 4:
             raise ValueError(f"BatchNorm2d: expected a 4-D (N, C, H, W) input, got "
                              f"{input.ndim}-D with shape {tuple(input.shape)}")
-        if self.training or not self.track_running_stats:
-            raise NotImplementedError(
-                "BatchNorm2d in training mode (or without running statistics) needs batch "
-                "statistics, which are not implemented yet; call model.eval() for inference")
-        return F.batch_norm(self._input(input), self.running_mean, self.running_var,
-                            None if self.weight is None else self.weight.data,
-                            None if self.bias is None else self.bias.data, False, self.momentum,
+        x = self._input(input)
+        batch_stats = self.training or not self.track_running_stats
+        momentum = self.momentum
+        if self.training and self.track_running_stats:
+            np.add(self.num_batches_tracked, 1, out=self.num_batches_tracked)
+            if momentum is None:  # PyTorch's cumulative moving average
+                momentum = 1.0 / float(self.num_batches_tracked)
+        elif momentum is None:
+            momentum = 0.0  # not used: nothing is updated
+        # Eval mode without running statistics uses batch statistics and updates nothing.
+        update = self.training and self.track_running_stats
+        mean, var = (self.running_mean, self.running_var) if update or not batch_stats else \
+            (None, None)
+        self._save(x, batch_stats)
+        return F.batch_norm(x, mean, var, None if self.weight is None else self.weight.data,
+                            None if self.bias is None else self.bias.data, batch_stats, momentum,
                             self.eps)
+
+    def backward(self, grad_output):
+        x, batch_stats = self._saved_pop()
+        gx, _, _, gw, gb = F.batch_norm_backward(
+            grad_output, x, None if batch_stats else self.running_mean,
+            None if batch_stats else self.running_var,
+            None if self.weight is None else self.weight.data,
+            None if self.bias is None else self.bias.data, batch_stats, 0.0, self.eps)
+        self._add_grad(self.weight, gw)
+        self._add_grad(self.bias, gb)
+        return gx
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

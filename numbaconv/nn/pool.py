@@ -24,8 +24,14 @@ class MaxPool2d(Module):
         self.return_indices = False
 
     def forward(self, input):
+        self._save(input)
         return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             self.ceil_mode)
+
+    def backward(self, grad_output):
+        x, = self._saved_pop()
+        return F.max_pool2d_backward(grad_output, x, self.kernel_size, self.stride, self.padding,
+                                     self.dilation, self.ceil_mode)[0]
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
@@ -47,8 +53,14 @@ class AvgPool2d(Module):
         self.divisor_override = None
 
     def forward(self, input):
+        self._save(input)
         return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                             self.count_include_pad)
+
+    def backward(self, grad_output):
+        x, = self._saved_pop()
+        return F.avg_pool2d_backward(grad_output, x, self.kernel_size, self.stride, self.padding,
+                                     self.ceil_mode, self.count_include_pad)[0]
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -62,7 +74,12 @@ class AdaptiveAvgPool2d(Module):
         self.output_size = output_size
 
     def forward(self, input):
+        self._save(input)
         return F.adaptive_avg_pool2d(input, self.output_size)
+
+    def backward(self, grad_output):
+        x, = self._saved_pop()
+        return F.adaptive_avg_pool2d_backward(grad_output, x, self.output_size)[0]
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
@@ -76,7 +93,13 @@ class AdaptiveMaxPool2d(Module):
         self.output_size, self.return_indices = output_size, return_indices
 
     def forward(self, input):
+        self._save(input)
         return F.adaptive_max_pool2d(input, self.output_size, self.return_indices)
+
+    def backward(self, grad_output):
+        """The input's gradient; with ``return_indices`` pass the gradient of the values only."""
+        x, = self._saved_pop()
+        return F.adaptive_max_pool2d_backward(grad_output, x, self.output_size)[0]
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
