@@ -93,6 +93,16 @@ def _plane_sq_dev(xs, m):
     return acc
 
 
+@helper
+def _row_sum(part, c):
+    """``part[c].sum()`` as a plain loop: in a parallel kernel ``.sum()`` becomes a parallel
+    region of its own, and one per channel cost ~2.5 us each (1.3 ms for 512 channels)."""
+    acc = 0.0
+    for n in range(part.shape[1]):
+        acc += part[c, n]
+    return acc
+
+
 @kernel
 def batch_norm_stats(mean, var, x):
     """Per-channel batch mean and biased variance over N and S, two-pass in float64.
@@ -111,14 +121,14 @@ def batch_norm_stats(mean, var, x):
     count = n_ * s_
     m64 = np.empty(c_, np.float64)
     for c in range(c_):
-        m64[c] = part[c].sum() / count
+        m64[c] = _row_sum(part, c) / count
     for p in prange(n_ * c_):
         c = p // n_
         n = p - c * n_
         part[c, n] = _plane_sq_dev(x[n, c], m64[c])
     for c in range(c_):
         mean[c] = m64[c]
-        var[c] = part[c].sum() / count
+        var[c] = _row_sum(part, c) / count
 
 
 @kernel
@@ -197,8 +207,8 @@ def batch_norm_backward(gx, gw, gb, go, x, mean, var, weight, eps, training):
     b = np.empty(c_, gx.dtype)
     d = np.empty(c_, gx.dtype)
     for c in range(c_):
-        sum_g = sg[c].sum()
-        sum_gxm = sgx[c].sum()
+        sum_g = _row_sum(sg, c)
+        sum_gxm = _row_sum(sgx, c)
         invstd = 1.0 / math.sqrt(np.float64(var[c]) + eps)
         gb[c] = sum_g
         gw[c] = sum_gxm * invstd
