@@ -448,3 +448,20 @@ def test_eval_forward_keeps_only_what_the_next_layer_needs(rng):
     # One layer's output plus the next one's (the input is the caller's), and small change;
     # eight live activations would be 8 * x.nbytes.
     assert peak < 2.5 * x.nbytes, f"peak {peak} B for activations of {x.nbytes} B"
+
+
+def test_pickle_round_trip(rng):
+    """A pickled model loads with read-only parameters (each array pickled once), its gradients,
+    and nothing kept from a forward pass; it computes the same outputs."""
+    import pickle
+
+    net = small_net().eval()
+    randomise(net, rng)
+    x = rand(rng, (2, 3, 8, 8), np.float32)
+    net[0].weight.grad = np.ones(net[0].weight.shape, np.float32)
+    copy_ = pickle.loads(pickle.dumps(net))
+    w = copy_[0].weight
+    assert not w.data.flags.writeable and np.array_equal(w.grad, net[0].weight.grad)
+    assert np.array_equal(copy_(x), net(x))
+    net.train()(x)
+    assert all(not m._saved for m in pickle.loads(pickle.dumps(net)).modules())

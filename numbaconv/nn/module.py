@@ -70,6 +70,12 @@ class Parameter:
         self.grad = None
         self.data = data
 
+    def __reduce__(self):
+        # The array once, as host data, and its device: the read-only view and the weight
+        # tracking are made anew on loading (a slot-wise pickle would give two writable copies).
+        grad = None if self.grad is None else np.asarray(_device.to_numpy(self.grad))
+        return _unpickle_parameter, (np.asarray(_device.to_numpy(self._array)), self.device, grad)
+
     @property
     def data(self):
         return self._view
@@ -125,6 +131,12 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, device='{self.device}')"
 
 
+def _unpickle_parameter(array, device, grad):
+    p = _parameter(array, device)
+    p.grad = grad if grad is None or device == "cpu" else _device.to_device(grad, "cuda")
+    return p
+
+
 class Module:
     """Base class of layers and models, as ``torch.nn.Module``.
 
@@ -154,6 +166,11 @@ class Module:
                 value = copy.deepcopy(value, memo)
             object.__setattr__(new, key, value)
         return new
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_saved"] = []  # what the last forward kept for backward is not part of the model
+        return state
 
     # ---- registration ------------------------------------------------------------------------
 
