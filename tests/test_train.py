@@ -148,6 +148,42 @@ def test_sequential_backward_central_differences(rng):
     central_difference_check(m, rand(rng, (2, 2, 8, 8), np.float64), loss_weights(rng, (2, 5)))
 
 
+LAYERS = {
+    "conv1d": (lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1, dilation=1, groups=1), (2, 2, 7)),
+    "conv2d_groups": (lambda: nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2), (2, 4, 5, 5)),
+    "conv_transpose2d": (lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1,
+                                                    output_padding=1), (2, 3, 3, 4)),
+    "max_pool": (lambda: nn.MaxPool2d(3, 2, 1, ceil_mode=True), (2, 2, 6, 5)),
+    "avg_pool": (lambda: nn.AvgPool2d(3, 2, 1, count_include_pad=False), (2, 2, 6, 5)),
+    "adaptive_avg": (lambda: nn.AdaptiveAvgPool2d((2, 3)), (2, 2, 5, 7)),
+    "adaptive_max": (lambda: nn.AdaptiveMaxPool2d(2), (2, 2, 5, 5)),
+    "relu6": (lambda: nn.ReLU6(), (3, 8)),
+    "leaky_relu": (lambda: nn.LeakyReLU(0.2), (3, 8)),
+    "sigmoid": (lambda: nn.Sigmoid(), (3, 8)),
+    "silu": (lambda: nn.SiLU(), (3, 8)),
+    "gelu": (lambda: nn.GELU(), (3, 8)),
+    "gelu_tanh": (lambda: nn.GELU("tanh"), (3, 8)),
+    "hardswish": (lambda: nn.Hardswish(), (3, 8)),
+    "softmax": (lambda: nn.Softmax(dim=1), (3, 4, 2)),
+    "log_softmax": (lambda: nn.LogSoftmax(dim=-1), (3, 4, 2)),
+    "flatten": (lambda: nn.Sequential(nn.Flatten(1, 2), nn.Linear(6, 2)), (2, 2, 3)),
+    "identity": (lambda: nn.Identity(), (2, 3)),
+    "bn_no_affine": (lambda: nn.BatchNorm2d(3, affine=False), (3, 3, 2, 2)),
+    "bn_no_stats": (lambda: nn.BatchNorm2d(3, track_running_stats=False), (3, 3, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_layer_backward_central_differences(name, rng):
+    """Every layer's backward (input and parameter gradients), float64, train mode."""
+    make, shape = LAYERS[name]
+    m = make().double()
+    x = rand(rng, shape, np.float64)
+    if name == "max_pool" or name == "adaptive_max":
+        x += np.arange(x.size).reshape(shape) * 1e-2  # no ties within a window
+    central_difference_check(m, x, loss_weights(rng, host(m(x)).shape))
+
+
 @pytest.mark.parametrize("what", ["basic", "basic_down", "inverted_res", "inverted_t1", "fire"])
 def test_block_backward_central_differences(what, rng):
     """Each model block's backward (residual adds, downsample, concatenation), float64."""
