@@ -394,7 +394,7 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
     """2-D cross-correlation with bias, residual and a fused activation, as torch's conv2d.
 
     Runs the implicit GEMM, the depthwise kernel when every group has one input channel, or
-    Winograd F(4x4, 3x3) for 3x3 stride-1 convs with finite inputs, as
+    Winograd F(4x4, 3x3) for float32 3x3 stride-1 convs with finite inputs, as
     :mod:`numbaconv.cpu.autotune` picks (a shape heuristic unless ``NUMBACONV_AUTOTUNE=1``).
 
     Parameters
@@ -409,8 +409,11 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
     act : numbaconv._ops.ACT_* code applied last; alpha its parameter.
     """
     depthwise = groups == x.shape[1] and w.shape[1] == 1
+    # float64 never takes Winograd: it is the precision mode (the transforms add rounding), and
+    # its results then do not depend on the input's size, so a tiled or distributed conv equals
+    # the whole-image one exactly.
     wino = (not depthwise and w.shape[2] == 3 and w.shape[3] == 3 and stride == (1, 1)
-            and dilation == (1, 1) and groups == 1)
+            and dilation == (1, 1) and groups == 1 and out.dtype == np.float32)
     if not autotune.enabled():
         # The heuristic: no candidates to time, so nothing to build per call.
         if depthwise:
