@@ -90,6 +90,13 @@ def test_benchmarks_notebook(run_notebook):
     run_notebook("02_benchmarks.ipynb")
 
 
+def test_distributed_notebook(run_notebook):
+    """Batch, spatial and channel partitioning on a 2-process LocalCluster (needs dask)."""
+    text = run_notebook("04_distributed.ipynb")
+    for part in ("batch", "spatial ops", "predict_tiled", "channel split"):
+        assert f"{part}: equal to one machine: True" in text, part
+
+
 # ---- the benchmarks notebook on results folders that hold only some of the sections ----------
 
 def _conv_row(layer, kind, batch, ms, peers):
