@@ -121,6 +121,16 @@ def device_name():
     return name.decode() if isinstance(name, bytes) else name
 
 
+def cache_impls():
+    """numba-cuda's kernel-cache implementation classes, for :mod:`numbaconv._jitcache` ([]
+    where numba-cuda cannot be imported)."""
+    if _import() is None:
+        return []
+    from numba.cuda.core import caching
+
+    return [caching.CacheImpl]
+
+
 def kernel(*signatures):
     """Declare a CUDA kernel: ``@kernel("void({T}[::1], {T}[::1])")``.
 

@@ -74,8 +74,8 @@ from numbaconv import _jitcache
 
 from numbaconv.cpu import simd  # noqa: E402  (no kernels: fixes the vector width)
 
-# Before any kernel module is imported: cached kernels compiled from older sources, or for
-# another vector width, are dropped.
+# Before any kernel module is imported: kernels are cached under the hash of these sources and
+# the vector width.
 _jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)),
                   [_jitcache.OPS_SOURCE, _os.path.join(_os.path.dirname(_jitcache.OPS_SOURCE),
                                                        "_ops_backward.py")],

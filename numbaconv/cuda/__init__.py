@@ -6,12 +6,13 @@ are numba device arrays.
 
 import os as _os
 
-from numbaconv import _jitcache
+from numbaconv import _cuda, _jitcache
 
-# Before any kernel module is imported: cached kernels compiled from older sources are dropped.
+# Before any kernel module is imported: kernels are cached under the hash of these sources.
 _jitcache.refresh(_os.path.dirname(_os.path.abspath(__file__)),
                   [_jitcache.OPS_SOURCE, _os.path.join(_os.path.dirname(_jitcache.OPS_SOURCE),
-                                                       "_ops_backward.py")])
+                                                       "_ops_backward.py")],
+                  cache_impls=_cuda.cache_impls())
 
 from numbaconv.cuda.activation import activation, activation_backward, add  # noqa: E402
 from numbaconv.cuda.conv import conv2d  # noqa: E402
