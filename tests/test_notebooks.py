@@ -129,21 +129,24 @@ def _partial_results(folder):
         {"net": "resnet18", "batch": 1, "image": 224, "threads": 2, "numbaconv_ms": 20.0,
          "numbaconv_images_per_s": 50.0}])
     for name, data in (("cpu.json", cpu), ("cuda.json", gpu), ("cpu-quick.json", quick),
-                       ("list.json", [1, 2])):
+                       ("train.json", other)):
         (folder / name).write_text(json.dumps(data))
-    (folder / "broken.json").write_text("{")
+    (folder / "cuda-quick.json").write_text("{")
 
 
 def test_benchmarks_notebook_partial_results(run_notebook, tmp_path):
+    # Other benchmarks' results share the folder (machine dict and all) and are not read.
+    other = {"machine": machine, "runs": {"spatial": []}}
     folder = tmp_path / "results"
     folder.mkdir()
     _partial_results(folder)
     text = run_notebook("02_benchmarks.ipynb", NUMBACONV_BENCH_RESULTS=str(folder))
-    for expected in ("skipping broken.json", "skipping list.json", "cpu-quick.json",
-                     "no end-to-end results", "no thread-scaling results", "Test GPU"):
+    for expected in ("skipping cuda-quick.json", "cpu-quick.json", "no end-to-end results",
+                     "no thread-scaling results", "Test GPU"):
         assert expected in text, expected
 
 
 def test_benchmarks_notebook_no_results(run_notebook, tmp_path):
     text = run_notebook("02_benchmarks.ipynb", NUMBACONV_BENCH_RESULTS=str(tmp_path / "absent"))
     assert "No benchmark results found" in text
+    assert "train.json" not in text
