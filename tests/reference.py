@@ -474,3 +474,84 @@ def batch_norm_running_update(running_mean, running_var, input, momentum=0.1):
     new_mean = (1 - momentum) * _f64(running_mean) + momentum * mean.reshape(-1)
     new_var = (1 - momentum) * _f64(running_var) + momentum * var.reshape(-1) * count / (count - 1)
     return new_mean, new_var
+
+
+# ---------------------------------------------------------------------------------------------
+# Recurrent layers: one layer and direction over a (T, N, I) sequence, step by step
+# ---------------------------------------------------------------------------------------------
+
+def _sigmoid64(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _recurrent(cell, input, states, weight_ih, weight_hh, bias_ih, bias_hh, reverse, lengths):
+    """Run ``cell(x_t, states) -> states`` (h first) over the steps in the direction's order.
+    Item n keeps its states at steps t >= lengths[n] and outputs zeros there."""
+    x = _f64(input)
+    t_len, n = x.shape[:2]
+    w_ih, w_hh = _f64(weight_ih), _f64(weight_hh)
+    gh = w_ih.shape[0]
+    b_ih = np.zeros(gh) if bias_ih is None else _f64(bias_ih)
+    b_hh = np.zeros(gh) if bias_hh is None else _f64(bias_hh)
+    lens = np.full(n, t_len) if lengths is None else np.asarray(lengths)
+    out = np.zeros((t_len, n, w_hh.shape[1]))
+    steps = range(t_len - 1, -1, -1) if reverse else range(t_len)
+    for t in steps:
+        xi = x[t] @ w_ih.T + b_ih
+        new = cell(xi, states, w_hh, b_hh)
+        live = (t < lens)[:, None]
+        states = tuple(np.where(live, a, b) for a, b in zip(new, states))
+        out[t] = np.where(live, states[0], 0.0)
+    return (out,) + states
+
+
+def _zeros_state(hx, input, weight_hh):
+    n, h = np.shape(input)[1], np.shape(weight_hh)[1]
+    return np.zeros((n, h)) if hx is None else _f64(hx)
+
+
+@_quiet
+def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh",
+        reverse=False, lengths=None):
+    """``(output, h_n)`` of ``h_t = act(W_ih x_t + b_ih + W_hh h_(t-1) + b_hh)``."""
+    act = np.tanh if nonlinearity == "tanh" else (lambda v: np.maximum(v, 0.0))
+
+    def cell(xi, states, w_hh, b_hh):
+        return (act(xi + states[0] @ w_hh.T + b_hh),)
+
+    return _recurrent(cell, input, (_zeros_state(hx, input, weight_hh),), weight_ih, weight_hh,
+                      bias_ih, bias_hh, reverse, lengths)
+
+
+@_quiet
+def lstm(input, hx, cx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, reverse=False,
+         lengths=None):
+    """``(output, h_n, c_n)`` of PyTorch's LSTM cell, gates i, f, g, o."""
+
+    def cell(xi, states, w_hh, b_hh):
+        h, c = states
+        i, f, g, o = np.split(xi + h @ w_hh.T + b_hh, 4, axis=1)
+        c = _sigmoid64(f) * c + _sigmoid64(i) * np.tanh(g)
+        return _sigmoid64(o) * np.tanh(c), c
+
+    states = (_zeros_state(hx, input, weight_hh), _zeros_state(cx, input, weight_hh))
+    return _recurrent(cell, input, states, weight_ih, weight_hh, bias_ih, bias_hh, reverse,
+                      lengths)
+
+
+@_quiet
+def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, reverse=False,
+        lengths=None):
+    """``(output, h_n)`` of PyTorch's GRU cell, gates r, z, n with
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``."""
+
+    def cell(xi, states, w_hh, b_hh):
+        h = states[0]
+        xr, xz, xn = np.split(xi, 3, axis=1)
+        hr, hz, hn = np.split(h @ w_hh.T + b_hh, 3, axis=1)
+        r, z = _sigmoid64(xr + hr), _sigmoid64(xz + hz)
+        n = np.tanh(xn + r * hn)
+        return ((1.0 - z) * n + z * h,)
+
+    return _recurrent(cell, input, (_zeros_state(hx, input, weight_hh),), weight_ih, weight_hh,
+                      bias_ih, bias_hh, reverse, lengths)

@@ -85,6 +85,13 @@ def test_quickstart_notebook(run_notebook):
     assert "same outputs after loading: True" in text
 
 
+def test_sequences_notebook(run_notebook):
+    text = run_notebook("03_sequences.ipynb")
+    assert "loss decreased: True" in text
+    assert "output past each item's end is zero: [True, True, True]" in text
+    assert "h_n of item 2 = state after its 10 steps: True" in text
+
+
 def test_benchmarks_notebook(run_notebook):
     """With the repository's bench/results/, whatever it holds now."""
     run_notebook("02_benchmarks.ipynb")
@@ -128,6 +135,8 @@ def _partial_results(folder):
     quick = dict(copy.deepcopy(cpu), quick=True, e2e=[
         {"net": "resnet18", "batch": 1, "image": 224, "threads": 2, "numbaconv_ms": 20.0,
          "numbaconv_images_per_s": 50.0}])
+    # Other benchmarks' results share the folder (machine dict and all) and are not read.
+    other = {"machine": machine, "runs": {"spatial": []}}
     for name, data in (("cpu.json", cpu), ("cuda.json", gpu), ("cpu-quick.json", quick),
                        ("train.json", other)):
         (folder / name).write_text(json.dumps(data))
@@ -135,8 +144,6 @@ def _partial_results(folder):
 
 
 def test_benchmarks_notebook_partial_results(run_notebook, tmp_path):
-    # Other benchmarks' results share the folder (machine dict and all) and are not read.
-    other = {"machine": machine, "runs": {"spatial": []}}
     folder = tmp_path / "results"
     folder.mkdir()
     _partial_results(folder)
@@ -144,9 +151,9 @@ def test_benchmarks_notebook_partial_results(run_notebook, tmp_path):
     for expected in ("skipping cuda-quick.json", "cpu-quick.json", "no end-to-end results",
                      "no thread-scaling results", "Test GPU"):
         assert expected in text, expected
+    assert "train.json" not in text
 
 
 def test_benchmarks_notebook_no_results(run_notebook, tmp_path):
     text = run_notebook("02_benchmarks.ipynb", NUMBACONV_BENCH_RESULTS=str(tmp_path / "absent"))
     assert "No benchmark results found" in text
-    assert "train.json" not in text

@@ -66,6 +66,20 @@ optim:      sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, firs
                 p, g and the state 1-D of one length; p and the state updated in place, g read
                 only; buf / max_exp_avg_sq None when momentum is 0 / without amsgrad; the
                 hyper-parameters are Python floats, as in torch.optim (see numbaconv.optim)
+rnn:        rnn_forward(mode, out, h_n, c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+                one layer and direction over a sequence; mode 0 RNN tanh, 1 RNN relu, 2 LSTM,
+                3 GRU (G = 1, 1, 4, 3 gates); x (T, N, I), h0 (N, H), c0 (N, H) (LSTM) or None,
+                w_ih (G*H, I), w_hh (G*H, H), b_ih, b_hh (G*H,) (zeros when absent), PyTorch's
+                gate order; lengths int64 (N,) valid steps per item in [0, T] (the state is
+                carried and the output zero past them); reverse: last step first. Fills out
+                (T, N, H), h_n (N, H), c_n (N, H) or None, and ws, 1-D of T*N*(G+E)*H (E = 1
+                for LSTM and GRU, else 0), a backend-private record for rnn_backward, or None
+                when no backward follows
+            rnn_backward(mode, gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gout, gh_n, gc_n, x, h0,
+                         c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, out, ws)
+                gradients of every input (gc0 None unless LSTM, gb_* None to skip) from those of
+                out (T, N, H), h_n and c_n (zeros when absent); out and ws from rnn_forward
+            swap01(out, x)                       out (B, A, C) = x (A, B, C) with axes 0, 1 swapped
 """
 
 import os as _os
@@ -94,6 +108,7 @@ from numbaconv.cpu.norm import (  # noqa: E402
     batch_norm, batch_norm_backward, batch_norm_stats, batch_norm_update)
 from numbaconv.cpu.optim import adam, sgd  # noqa: E402
 from numbaconv.cpu.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d  # noqa: E402
+from numbaconv.cpu.rnn import rnn_backward, rnn_forward, swap01  # noqa: E402
 from numbaconv.cpu.pool import (  # noqa: E402
     adaptive_avg_pool2d_backward, adaptive_max_pool2d_backward, avg_pool2d_backward,
     max_pool2d_backward)
@@ -110,4 +125,6 @@ __all__ = [
     "activation_backward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_backward",
     "avg_pool2d_backward", "batch_norm_backward", "batch_norm_stats", "batch_norm_update",
     "dropout", "max_pool2d_backward",
+    # recurrent layers
+    "rnn_backward", "rnn_forward", "swap01",
 ]

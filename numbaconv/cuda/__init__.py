@@ -27,6 +27,7 @@ from numbaconv.cuda.norm import (  # noqa: E402
     batch_norm, batch_norm_backward, batch_norm_stats, batch_norm_update)
 from numbaconv.cuda.optim import adam, sgd  # noqa: E402
 from numbaconv.cuda.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d  # noqa: E402
+from numbaconv.cuda.rnn import rnn_backward, rnn_forward, swap01  # noqa: E402
 from numbaconv.cuda.pool import (  # noqa: E402
     adaptive_avg_pool2d_backward, adaptive_max_pool2d_backward, avg_pool2d_backward,
     max_pool2d_backward)
@@ -43,4 +44,6 @@ __all__ = [
     "activation_backward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_backward",
     "avg_pool2d_backward", "batch_norm_backward", "batch_norm_stats", "batch_norm_update",
     "dropout", "max_pool2d_backward",
+    # recurrent layers
+    "rnn_backward", "rnn_forward", "swap01",
 ]

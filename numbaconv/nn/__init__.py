@@ -14,6 +14,7 @@ from numbaconv.nn.linear import Dropout, Flatten, Identity, Linear
 from numbaconv.nn.module import Module, Parameter, StateDictError
 from numbaconv.nn.norm import BatchNorm2d
 from numbaconv.nn.pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
+from numbaconv.nn.rnn import GRU, LSTM, RNN
 
 __all__ = [
     "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm2d", "Conv1d", "Conv2d",
@@ -21,4 +22,5 @@ __all__ = [
     "Dropout", "Flatten", "GELU", "Hardswish", "Identity", "LeakyReLU", "Linear", "LogSoftmax",
     "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU", "ReLU6", "Sequential", "SiLU",
     "Sigmoid", "Softmax", "StateDictError", "Tanh", "fuse",
+    "GRU", "LSTM", "RNN",
 ]
