@@ -17,6 +17,10 @@ tasks of equal modelled cost, so that 2 workers split even 2 or 5 tiles at batch
 task sweeps each block's packed weights over its tiles (blocks outer), so the weights are read
 from memory once per task rather than once per tile.
 
+Small maps (OH*OW <= ROWS_MAP) take a row path instead: the positions of the whole batch are the
+microkernel's rows and the output channels its vectors (:func:`rows_conv`), so a 2x2 map at
+batch 8 fills whole vectors rather than 4 of 16 lanes.
+
 Stride 1 without top/left padding reads the input itself. When the workspace would exceed the
 input plus output size (padding that dwarfs a tiny image), :func:`_conv_gather` builds bounded
 im2col chunks per task instead. :func:`_algorithm` makes that choice.
@@ -34,8 +38,9 @@ from numbaconv.cpu._common import apply_act, helper, kernel
 from numbaconv.cpu.depthwise import depthwise_conv2d
 from numbaconv.cpu.winograd import nonfinite_probe as _nonfinite_probe
 from numbaconv.cpu.winograd import winograd_applies, winograd_conv2d
-from numbaconv.cpu.gemm import MR, NVMAX, microkernel, pack, partition, split_tiles, tile_span
-from numbaconv.cpu.workspace import POOL, WEIGHTS
+from numbaconv.cpu.gemm import (MR, NVMAX, microkernel, pack, partition, row_microkernel,
+                                split_tiles, tile_span)
+from numbaconv.cpu.workspace import POOL, WEIGHTS, _Filled
 
 KC = 64  # taps gathered per chunk by the fallback path
 
@@ -247,6 +252,239 @@ def _conv_gather(out, x, ap, nbg, chunk, groups, kh_, kw_, sh, sw, pt, pl, dh, d
 
 
 # --------------------------------------------------------------------------------------------
+# Small maps: output positions of the whole batch as rows, output channels as vectors
+# --------------------------------------------------------------------------------------------
+#
+# On a 4x4 or 2x2 map the position-vectorised kernels above fill 16 or 4 of a tile's lanes per
+# image (plus the grid's halo). Here the N*OH*OW positions of the batch are the microkernel's
+# rows (MR per call) and the output channels its vectors: the input is copied once to NHWC with
+# one extra zero pixel, and a table gives, per (tap, position), the pixel that tap reads (or
+# the zero pixel), so a row's reduction runs over contiguous channels. Weights are packed into
+# panels of 3 or 2 vectors of output channels, tap-major (:func:`_pack_rows`).
+
+ROWS_MAP = 64  # largest OH*OW taken by the row path (measured: beyond it the grid path wins)
+PBG = 16  # position blocks (of MR) per task: their accumulators stay in L1/L2
+
+
+@kernel
+def _fill_nhwc(xs, x):
+    """``xs[((n*H + h)*W + w)*C + c] = x[n, c, h, w]``, then C zeros (the zero pixel)."""
+    n_, c_, h, w = x.shape
+    zero = xs.dtype.type(0)
+    for t in prange(n_ * h):
+        n = t // h
+        i = t - n * h
+        base = t * w * c_
+        for j in range(w):
+            dst = xs[base + j * c_:base + (j + 1) * c_]
+            for c in range(c_):
+                dst[c] = x[n, c, i, j]
+    tail = xs[n_ * h * w * c_:(n_ * h * w + 1) * c_]
+    for c in range(c_):
+        tail[c] = zero
+
+
+PACK_CB = 16  # input channels per packing task: its share of a panel stays in L1
+
+
+@kernel
+def _pack_rows(wp, w3, tofs, swap):
+    """Row-path panels: ``wp[p0*K + (t*CIN + c)*bw + j]`` is the weight from input channel c to
+    output channel p0 + j at tap t, for the output-channel tiles of :func:`split_tiles` (bw = 3
+    or 2 vectors; zero past the last channel); K = taps * CIN. ``w3`` is the weight with its
+    spatial dims flattened, tap t at ``tofs[t]``: ``swap`` 0: ``w3[oc, c, s]``; 1: ``w3[c, oc,
+    s]`` (the data gradient, whose output channels are the forward's input channels). A task
+    packs PACK_CB input channels of one tile, reading w's rows contiguously."""
+    lanes = simd.width(wp)
+    cout = w3.shape[1] if swap else w3.shape[0]
+    cin = w3.shape[0] if swap else w3.shape[1]
+    nt = tofs.shape[0]
+    k_ = nt * cin
+    n3, n2 = split_tiles(cout, lanes)
+    ncb = (cin + PACK_CB - 1) // PACK_CB
+    zero = wp.dtype.type(0)
+    for task in prange((n3 + n2) * ncb):
+        jt = task // ncb
+        c0 = (task - jt * ncb) * PACK_CB
+        c1 = min(cin, c0 + PACK_CB)
+        p0, plen = tile_span(jt, n3, cout, lanes)
+        bw = 3 * lanes if jt < n3 else 2 * lanes
+        base = p0 * k_
+        for t in range(nt):
+            for c in range(c0, c1):
+                dst = wp[base + (t * cin + c) * bw:base + (t * cin + c + 1) * bw]
+                for j in range(plen, bw):
+                    dst[j] = zero
+        for j in range(plen):
+            for c in range(c0, c1):
+                src = w3[c, p0 + j] if swap else w3[p0 + j, c]
+                o = base + c * bw + j
+                for t in range(nt):
+                    wp[o + t * cin * bw] = src[tofs[t]]
+
+
+@kernel
+def _conv_rows(out, xs, wp, rtab, ppad, ntap, cin, tasks, soff, tpc, b, has_bias, res, has_res,
+               act, alpha):
+    """Conv by the row microkernel.
+
+    Parameters
+    ----------
+    out : (N, OC, OH, OW) array (any strides), filled in place.
+    xs : the input as NHWC plus a zero pixel (:func:`_fill_nhwc`), flat.
+    wp : panels from :func:`_pack_rows`, CIN = ``cin`` input channels, ``ntap`` taps.
+    rtab : (ntap * ppad,) int64, offset in xs of the pixel tap t reads for position p (n, oh, ow
+        batch-major) at ``t*ppad + p``; the zero pixel where it falls in the padding or
+        p >= N*OH*OW. ppad is a multiple of MR.
+    tasks, soff : rows (output-channel tile, first position block, end block); worker k runs rows
+        soff[k] .. soff[k + 1].
+    tpc : taps per reduction chunk (a chunk's panel stays in L2 while it sweeps the blocks).
+    b, res : bias (OC,) and residual (shaped as out), used when has_bias / has_res.
+    """
+    n_, oc_, oh_, ow_ = out.shape
+    lanes = simd.width(wp)
+    nr = NVMAX * lanes
+    ohw = oh_ * ow_
+    npos = n_ * ohw
+    n3, n2 = split_tiles(oc_, lanes)
+    k_ = ntap * cin
+    zero = out.dtype.type(0)
+    for wk in prange(soff.shape[0] - 1):
+        acc = np.empty(PBG * MR * nr, dtype=out.dtype)
+        for ti in range(soff[wk], soff[wk + 1]):
+            jt = tasks[ti, 0]
+            pb0 = tasks[ti, 1]
+            pb1 = tasks[ti, 2]
+            p0, plen = tile_span(jt, n3, oc_, lanes)
+            for t0 in range(0, ntap, tpc):
+                t1 = min(ntap, t0 + tpc)
+                for pb in range(pb0, pb1):
+                    a = (pb - pb0) * MR * nr
+                    row_microkernel(acc[a:a + MR * nr], wp, p0 * k_, jt < n3, xs, rtab, pb * MR,
+                                    ppad, t0, t1, cin, 1 if t0 > 0 else 0)
+            for pb in range(pb0, pb1):
+                for r in range(min(MR, npos - pb * MR)):
+                    p = pb * MR + r
+                    n = p // ohw
+                    s = p - n * ohw
+                    oh = s // ow_
+                    ow = s - oh * ow_
+                    a = ((pb - pb0) * MR + r) * nr
+                    for j in range(plen):
+                        v = acc[a + j] + (b[p0 + j] if has_bias else zero)
+                        if has_res:
+                            v += res[n, p0 + j, oh, ow]
+                        out[n, p0 + j, oh, ow] = apply_act(v, act, alpha)
+
+
+def rows_applies(x_shape, oc, out_shape, groups):
+    """Whether the row path (small maps, ungrouped) should run this conv: OH*OW <= ROWS_MAP,
+    SIMD vectors, and its NHWC copy within the input + output size."""
+    n_, c_ = x_shape[0], x_shape[1]
+    return (groups == 1 and simd.LANES > 1 and out_shape[2] * out_shape[3] <= ROWS_MAP
+            and n_ * out_shape[2] * out_shape[3] > 0 and oc > 0 and c_ > 0
+            and c_ <= n_ * oc * out_shape[2] * out_shape[3])
+
+
+@functools.lru_cache(maxsize=256)
+def _rows_table(n_, h, w, c_, oh_, ow_, sh, sw, roffs, coffs):
+    """(rtab, ppad) of :func:`_conv_rows` for input rows ``oh*sh + roffs[i]`` and columns
+    ``ow*sw + coffs[j]`` (read-only, cached)."""
+    npos = n_ * oh_ * ow_
+    ppad = -(-npos // MR) * MR
+    p = np.arange(ppad)
+    img, s = p // (oh_ * ow_), p % (oh_ * ow_)
+    q, r = s // ow_, s % ow_
+    tab = np.full((len(roffs) * len(coffs), ppad), n_ * h * w * c_, np.int64)
+    for i, ro in enumerate(roffs):
+        for j, co in enumerate(coffs):
+            ih, iw = q * sh + ro, r * sw + co
+            ok = (p < npos) & (ih >= 0) & (ih < h) & (iw >= 0) & (iw < w)
+            tab[i * len(coffs) + j, ok] = (((img * h + ih) * w + iw) * c_)[ok]
+    tab = tab.reshape(-1)
+    tab.flags.writeable = False
+    return tab, ppad
+
+
+@functools.lru_cache(maxsize=256)
+def _rows_schedule(oc_, ppad, lanes, nwk):
+    """(tasks (T, 3) int64, soff) of :func:`_conv_rows`: (channel tile, position-block run) in
+    tile-major order, runs of at most PBG blocks, short enough to give each worker several, split
+    into contiguous shares of equal cost (vectors x blocks)."""
+    n3, n2 = split_tiles.py_func(oc_, lanes)
+    nblk = ppad // MR
+    per = min(PBG, nblk)
+    while per > 1 and (n3 + n2) * -(-nblk // per) < 4 * nwk:
+        per = -(-per // 2)
+    rows, costs = [], []
+    for jt in range(n3 + n2):
+        for b0 in range(0, nblk, per):
+            rows.append((jt, b0, min(nblk, b0 + per)))
+            costs.append((3 if jt < n3 else 2) * (min(nblk, b0 + per) - b0))
+    offs, _ = partition(costs, nwk)
+    tasks = np.array(rows, np.int64).reshape(-1, 3)
+    tasks.flags.writeable = False
+    offs.flags.writeable = False
+    return tasks, offs
+
+
+def rows_panels(w, rows, cols, swap, dtype):
+    """The packed weights of :func:`rows_conv` (a context manager; cached for tracked ``w``)."""
+    lanes = simd.lanes_of(dtype)
+    cout, cin = (w.shape[1], w.shape[0]) if swap else (w.shape[0], w.shape[1])
+    n3, n2 = split_tiles.py_func(cout, lanes)
+    size = (3 * n3 + 2 * n2) * lanes * len(rows) * len(cols) * cin
+    tofs = np.array([i * w.shape[3] + j for i in rows for j in cols], np.int64)
+    w3 = w.reshape(w.shape[0], w.shape[1], -1)
+    return WEIGHTS.transformed(w, ("rows", lanes, tuple(rows), tuple(cols), swap), size, dtype,
+                               lambda wp: _pack_rows(wp, w3, tofs, swap))
+
+
+def rows_input(x):
+    """A pooled NHWC copy of ``x`` plus a zero pixel, for :func:`rows_conv` (context manager)."""
+    n_, c_, h, w = x.shape
+    return _Filled(POOL.buffer((n_ * h * w + 1) * c_, x.dtype), lambda xs: _fill_nhwc(xs, x))
+
+
+def rows_conv(out, xs, x_shape, wp, ntap, stride, roffs, coffs, b, residual, act, alpha):
+    """Conv on the row path: ``out[n, o, oh, ow] = act(b[o] + residual + sum_{t, c} x[n, c,
+    oh*sh + roffs[i], ow*sw + coffs[j]] * W[t][c, o])`` with t = (i, j), zero outside x.
+
+    Parameters
+    ----------
+    out : (N, OC, OH, OW) array (any strides), filled in place.
+    xs, x_shape : :func:`rows_input` of the input and the input's (N, C, H, W).
+    wp : :func:`rows_panels`, ``ntap = len(roffs) * len(coffs)`` taps.
+    stride : (sh, sw). roffs, coffs : tuples of int, each tap's row / column offset.
+    b : (OC,) or None. residual : shaped as out, or None. act, alpha : epilogue activation.
+    """
+    n_, c_, h, w = x_shape
+    oc_, oh_, ow_ = out.shape[1], out.shape[2], out.shape[3]
+    rtab, ppad = _rows_table(n_, h, w, c_, oh_, ow_, stride[0], stride[1], tuple(roffs),
+                             tuple(coffs))
+    lanes = simd.lanes_of(out.dtype)
+    tasks, soff = _rows_schedule(oc_, ppad, lanes, numba.get_num_threads())
+    # Chunks of taps whose panel share (one output-channel tile) stays within L2.
+    tpc = max(1, (1 << 20) // (c_ * NVMAX * lanes * out.dtype.itemsize))
+    has_bias, has_res = b is not None, residual is not None
+    _conv_rows(out, xs, wp, rtab, ppad, ntap, c_, tasks, soff, tpc,
+               b if has_bias else _NO_BIAS[out.dtype], has_bias,
+               residual if has_res else _NO_RES[out.dtype], has_res, act, alpha)
+
+
+def rows_conv2d(out, x, w, b, residual, stride, padding, dilation, act, alpha):
+    """Ungrouped conv2d on the row path (small maps); arguments as :func:`conv2d`."""
+    kh_, kw_ = w.shape[2], w.shape[3]
+    (pt, pl), (dh, dw) = padding, dilation
+    roffs = tuple(i * dh - pt for i in range(kh_))
+    coffs = tuple(j * dw - pl for j in range(kw_))
+    with rows_panels(w, tuple(range(kh_)), tuple(range(kw_)), 0, out.dtype) as wp, \
+            rows_input(x) as xs:
+        rows_conv(out, xs, x.shape, wp, kh_ * kw_, stride, roffs, coffs, b, residual, act,
+                  alpha)
+
+
+# --------------------------------------------------------------------------------------------
 # Launcher
 # --------------------------------------------------------------------------------------------
 
@@ -393,9 +631,10 @@ def _split_tiles(units, nbg, tcost, per, nwk):
 def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha):
     """2-D cross-correlation with bias, residual and a fused activation, as torch's conv2d.
 
-    Runs the implicit GEMM, the depthwise kernel when every group has one input channel, or
-    Winograd F(4x4, 3x3) for float32 3x3 stride-1 convs with finite inputs, as
-    :mod:`numbaconv.cpu.autotune` picks (a shape heuristic unless ``NUMBACONV_AUTOTUNE=1``).
+    Runs the implicit GEMM, the depthwise kernel when every group has one input channel,
+    Winograd F(4x4, 3x3) for float32 3x3 stride-1 convs with finite inputs, or the row path for
+    small maps (:func:`rows_conv2d`), as :mod:`numbaconv.cpu.autotune` picks (a shape heuristic
+    unless ``NUMBACONV_AUTOTUNE=1``).
 
     Parameters
     ----------
@@ -418,9 +657,12 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
         # The heuristic: no candidates to time, so nothing to build per call.
         if depthwise:
             depthwise_conv2d(out, x, w, b, residual, stride, padding, dilation, act, alpha)
-        elif not (wino and winograd_applies(x.shape, out.shape, padding, out.dtype)
-                  and winograd_conv2d(out, x, w, b, residual, padding, act, alpha,
-                                      finite_only=True)):
+        elif (wino and winograd_applies(x.shape, out.shape, padding, out.dtype)
+              and winograd_conv2d(out, x, w, b, residual, padding, act, alpha, finite_only=True)):
+            pass
+        elif rows_applies(x.shape, w.shape[0], out.shape, groups):
+            rows_conv2d(out, x, w, b, residual, stride, padding, dilation, act, alpha)
+        else:
             gemm_conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha)
         return
     args = (out, x, w, b, residual, stride, padding, dilation, groups, act, alpha)
@@ -430,7 +672,11 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
         runs["depthwise"] = lambda: depthwise_conv2d(out, x, w, b, residual, stride, padding,
                                                      dilation, act, alpha)
         default = "depthwise"
-    elif wino:
+    elif rows_applies(x.shape, w.shape[0], out.shape, groups):
+        runs["rows"] = lambda: rows_conv2d(out, x, w, b, residual, stride, padding, dilation, act,
+                                           alpha)
+        default = "rows"
+    if wino and not depthwise:
         applies = winograd_applies(x.shape, out.shape, padding, out.dtype)
         # Winograd's transforms would spread a NaN or Inf to a whole 4x4 output tile; the scan
         # runs only where Winograd is a candidate at all.

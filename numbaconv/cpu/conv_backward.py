@@ -7,6 +7,8 @@ of ``grad_output`` with the weights flipped in both spatial dims and transposed 
 ``grad_output`` (the forward's own padding path would copy it too, or gather when the padding
 dwarfs the image). A strided conv is split by stride phase of the input: each phase is such a
 correlation with the sub-kernel of the taps that reach it, so no multiply hits an inserted zero.
+On small maps (the forward's row path, :func:`numbaconv.cpu.conv.rows_conv`) each phase reads
+one NHWC copy of grad_output through a tap table instead, with its taps packed straight from w.
 
 Weight gradient (``conv2d_backward_weight``): ``gw[o, k] = sum_{n, p} go[n, o, p] * X[k, (n, p)]``
 with ``k = (c, kh, kw)``. As in the forward's workspace, the input is copied once into zero-padded
@@ -18,7 +20,9 @@ whole batch. Where the planes' halo (positions off each image's OH x OW corner) 
 more work than it saves (small images, many channels), im2col rows are built instead. A task
 owns an MR x NR block of ``gw`` (output channels x taps), keeps its MR*NR
 partial sums in SIMD registers over the whole reduction and writes its block once: the batch
-reduction has a single writer per element (no atomics, no races).
+reduction has a single writer per element (no atomics, no races). When the reduction is short
+(N*OH*OW <= OUTER_MAX_P: small maps) it runs as an outer-product GEMM on the forward's
+microkernel instead (:func:`_backward_weight_outer`), with no horizontal sums.
 """
 
 import functools
@@ -29,7 +33,11 @@ from numba import prange
 from numbaconv._ops import ACT_NONE
 from numbaconv.cpu import simd
 from numbaconv.cpu._common import helper, kernel
-from numbaconv.cpu.conv import conv2d
+from numbaconv.cpu.conv import conv2d, rows_applies, rows_conv, rows_input, rows_panels
+from numbaconv.cpu.gemm import MR as GMR
+from numbaconv.cpu.gemm import NVMAX, microkernel, split_tiles, tile_span
+from numbaconv.cpu.winograd import winograd_applies
+from numbaconv.cpu.workspace import POOL
 
 MR = 6  # output channels per weight-gradient task (rows of _dot_tile)
 NR = 4  # taps per weight-gradient task
@@ -123,6 +131,14 @@ def conv2d_backward_input(gx, go, w, b, stride, padding, dilation, groups):
         return
     n, c, h, w_ = gx.shape
     (sh, sw), (pt, pl), (dh, dw) = stride, padding, dilation
+    phase = (n, c, -(-h // sh), -(-w_ // sw))
+    # Where the forward would run Winograd on the padded grad_output, that path stays.
+    wino = (stride == (1, 1) and dilation == (1, 1) and w.shape[2:] == (3, 3) and groups == 1
+            and gx.dtype == np.float32
+            and winograd_applies((n, go.shape[1], h + 2, w_ + 2), gx.shape, (0, 0), gx.dtype))
+    if go.shape[1] > 0 and not wino and rows_applies(go.shape, c, phase, groups):
+        _backward_input_rows(gx, go, w, b, stride, padding, dilation)
+        return
     for a in range(min(sh, h)):
         rows, r0, rstep = _phase_taps(a, w.shape[2], sh, pt, dh)
         for cc in range(min(sw, w_)):
@@ -149,6 +165,31 @@ def conv2d_backward_input(gx, go, w, b, stride, padding, dilation, groups):
                        0.0)
             if out is not gx:
                 gx[:, :, a::sh, cc::sw] = out
+
+
+def _backward_input_rows(gx, go, w, b, stride, padding, dilation):
+    """:func:`conv2d_backward_input` on the forward's row path (small maps, groups 1): each
+    stride phase of gx is written in place from one NHWC copy of grad_output, with the phase's
+    taps packed straight from ``w`` (flipped and transposed by :func:`rows_panels`)."""
+    n, c, h, w_ = gx.shape
+    (sh, sw), (pt, pl), (dh, dw) = stride, padding, dilation
+    with rows_input(go) as zs:
+        for a in range(min(sh, h)):
+            rows, r0, rstep = _phase_taps(a, w.shape[2], sh, pt, dh)
+            for cc in range(min(sw, w_)):
+                cols, c0, cstep = _phase_taps(cc, w.shape[3], sw, pl, dw)
+                out = gx[:, :, a::sh, cc::sw]
+                if not rows or not cols:  # no tap reaches this phase
+                    out[...] = 0
+                    if b is not None:
+                        out += b.reshape(1, -1, 1, 1)
+                    continue
+                # Phase position u reads grad_output row r0 + u + i*rstep for its i-th tap.
+                roffs = tuple(r0 + i * rstep for i in range(len(rows)))
+                coffs = tuple(c0 + j * cstep for j in range(len(cols)))
+                with rows_panels(w, tuple(rows), tuple(cols), 1, gx.dtype) as wp:
+                    rows_conv(out, zs, go.shape, wp, len(rows) * len(cols), (1, 1), roffs,
+                              coffs, b, None, ACT_NONE, 0.0)
 
 
 # ---- weight gradient ------------------------------------------------------------------------
@@ -402,6 +443,130 @@ def _aligned_empty(size, dtype, align=64):
     return buf[off:off + size]
 
 
+# Short reductions (few positions, many channels): an outer-product GEMM instead of dot products.
+#
+# With N*OH*OW = 32 (a 2x2 map at batch 8) every dot product of _dot_tile is two vectors long
+# and ends in a horizontal sum. Instead ``gw (OC x K) = go (OC x P) . X^T (P x K)`` on the
+# forward's microkernel: go packed in panels of MR channels (broadcast), the rows of im2col
+# transposed (``xt[p, k]``, contiguous along the taps) as vectors, so a tile of MR channels x
+# 2-3 vectors of taps is a P-step register-blocked reduction with no horizontal sums.
+
+OUTER_MAX_P = 512  # largest N*OH*OW that takes the outer-product path (measured)
+
+
+@kernel
+def _fill_xt(xt, x, kh, kw, sh, sw, pt, pl, dh, dw, oh_, ow_, kst):
+    """Transposed im2col: ``xt[p*kst + (c*kh + i)*kw + j] = x[n, c, oh*sh - pt + i*dh, ow*sw -
+    pl + j*dw]`` (zero outside x) for p = (n*OH + oh)*OW + ow; row stride kst >= C*kh*kw."""
+    n_, c_, h, w_ = x.shape
+    k_ = c_ * kh * kw
+    zero = xt.dtype.type(0)
+    for p in prange(n_ * oh_ * ow_):
+        n = p // (oh_ * ow_)
+        s = p - n * oh_ * ow_
+        oh = s // ow_
+        ow = s - oh * ow_
+        row = xt[p * kst:p * kst + k_]
+        for c in range(c_):
+            xc = x[n, c]
+            for i in range(kh):
+                ih = oh * sh - pt + i * dh
+                dst = row[(c * kh + i) * kw:(c * kh + i + 1) * kw]
+                if ih < 0 or ih >= h:
+                    for j in range(kw):
+                        dst[j] = zero
+                    continue
+                xr = xc[ih]
+                for j in range(kw):
+                    iw = ow * sw - pl + j * dw
+                    dst[j] = xr[iw] if iw >= 0 and iw < w_ else zero
+
+
+@kernel
+def _pack_go(gp, go, groups, nbg):
+    """``gp[((g*nbg + ob)*P + p)*MR + r] = go[n, g*OCg + ob*MR + r, s]`` for p = n*S + s (zero
+    past the group's channels): the broadcast panels of :func:`_grad_weight_outer`."""
+    n_, oc_, s_ = go.shape
+    ocg = oc_ // groups
+    npos = n_ * s_
+    zero = gp.dtype.type(0)
+    for blk in prange(groups * nbg):
+        g = blk // nbg
+        ob = blk - g * nbg
+        dst = gp[blk * npos * GMR:(blk + 1) * npos * GMR]
+        for r in range(GMR):
+            o = ob * GMR + r
+            if o < ocg:
+                for n in range(n_):
+                    src = go[n, g * ocg + o]
+                    for q in range(s_):
+                        dst[(n * s_ + q) * GMR + r] = src[q]
+            else:
+                for p in range(npos):
+                    dst[p * GMR + r] = zero
+
+
+@kernel
+def _grad_weight_outer(gw2, gp, xt, kofs, groups, nbg):
+    """``gw2 (OC, Kg)[o, k] = sum_p go[o, p] * xt[kofs[p] + g*Kg + k]``, g the group of o, p < P
+    = len(kofs). A task owns one tile of 2-3 vectors of taps and sweeps every channel block of
+    its group over it (the tile's columns of xt stay in L1/L2)."""
+    oc_, kg = gw2.shape
+    ocg = oc_ // groups
+    lanes = simd.width(xt)
+    nr = NVMAX * lanes
+    npos = kofs.shape[0]
+    n3, n2 = split_tiles(kg, lanes)
+    nt = n3 + n2
+    for t in prange(groups * nt):
+        g = t // nt
+        jt = t - g * nt
+        k0, klen = tile_span(jt, n3, kg, lanes)
+        tile = np.empty(GMR * nr, dtype=gw2.dtype)
+        for ob in range(nbg):
+            microkernel(tile, gp, (g * nbg + ob) * npos * GMR, xt, g * kg + k0, kofs, 0, npos,
+                        klen, 0)
+            o0 = g * ocg + ob * GMR
+            for r in range(min(GMR, ocg - ob * GMR)):
+                dst = gw2[o0 + r, k0:k0 + klen]
+                src = tile[r * nr:r * nr + klen]
+                for j in range(klen):
+                    dst[j] = src[j]
+
+
+@functools.lru_cache(maxsize=64)
+def _outer_kofs(npos, kst):
+    kofs = np.arange(npos, dtype=np.int64) * kst
+    kofs.flags.writeable = False
+    return kofs
+
+
+def _row_stride(k_, lanes):
+    """Row stride of xt: whole vectors, but not a multiple of 64 elements, which would put the
+    rows a tile reads into a few of L1's sets."""
+    kst = -(-k_ // lanes) * lanes
+    return kst + lanes if kst % 64 == 0 else kst
+
+
+def _backward_weight_outer(gw, go, x, stride, padding, dilation, groups):
+    """:func:`conv2d_backward_weight` as the outer-product GEMM above (pooled scratch: the
+    transposed im2col, P x C*KH*KW, and go's panels, OC x P)."""
+    n, c = x.shape[0], x.shape[1]
+    oc, cg, kh, kw = gw.shape
+    oh, ow = go.shape[2], go.shape[3]
+    (sh, sw), (pt, pl), (dh, dw) = stride, padding, dilation
+    npos = n * oh * ow
+    k_ = c * kh * kw
+    nbg = -(-(oc // groups) // GMR)
+    kst = _row_stride(k_, simd.lanes_of(gw.dtype))
+    with POOL.buffer(npos * kst, gw.dtype) as xt, \
+            POOL.buffer(groups * nbg * npos * GMR, gw.dtype) as gp:
+        _fill_xt(xt, x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, kst)
+        _pack_go(gp, go.reshape(n, oc, oh * ow), groups, nbg)
+        _grad_weight_outer(gw.reshape(oc, cg * kh * kw), gp, xt, _outer_kofs(npos, kst), groups,
+                           nbg)
+
+
 def conv2d_backward_weight(gw, go, x, stride, padding, dilation, groups):
     """Gradient of conv2d w.r.t. its weight, summed over the batch.
 
@@ -422,6 +587,9 @@ def conv2d_backward_weight(gw, go, x, stride, padding, dilation, groups):
     oc, cg, kh, kw = gw.shape
     if n == 0:
         gw[...] = 0
+        return
+    if n * go.shape[2] * go.shape[3] <= OUTER_MAX_P and simd.LANES > 1:
+        _backward_weight_outer(gw, go, x, stride, padding, dilation, groups)
         return
     (sh, sw), (pt, pl), (dh, dw) = stride, padding, dilation
     layout, hq, wq, rph, cph, kofs, rp, size, total, gstride = _weight_plan(
