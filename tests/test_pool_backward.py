@@ -15,6 +15,7 @@ F = nc.functional
 # (id, input shape, kwargs): overlapping windows (stride < kernel), padding, dilation, ceil_mode
 MAX_CASES = [
     ("k2", (2, 3, 6, 8), dict(kernel_size=2)),
+    ("k2_odd", (2, 2, 7, 9), dict(kernel_size=2)),  # the 2x2 path's uncovered last row, column
     ("k3s2p1", (2, 2, 7, 9), dict(kernel_size=3, stride=2, padding=1)),
     ("k3s1", (1, 2, 6, 7), dict(kernel_size=3, stride=1)),
     ("rect_dil", (1, 2, 9, 8), dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0),
@@ -166,6 +167,7 @@ def test_max_pool2d_backward_ties_torch(rng, device_available, dtype, shape, kw)
 
 @SIM_FP_WARNINGS
 @pytest.mark.parametrize("op, kw", [("max_pool2d", dict(kernel_size=3, stride=1, padding=1)),
+                                    ("max_pool2d", dict(kernel_size=2)),
                                     ("max_pool2d", dict(kernel_size=2, dilation=2)),
                                     ("adaptive_max_pool2d", dict(output_size=(2, 3)))])
 def test_max_pool2d_backward_nan_and_inf_torch(rng, device_available, dtype, op, kw):
