@@ -1,7 +1,12 @@
 """Training benchmark: one SGD step (forward, cross-entropy, backward, update) of LeNet-5 (batch
-64, 1x32x32) and ResNet-18 (batch 8, 3x64x64, 1000 classes) next to PyTorch eager in the same
-process with the same weights and thread count, and the demo (``python -m numbaconv demo``) in a
-fresh process with a warm and with an empty kernel cache.
+64, 1x32x32) and ResNet-18 (batch 8, 3x64x64, 1000 classes) next to PyTorch eager with the same
+weights and thread count, and the demo (``python -m numbaconv demo``) in a fresh process with a
+warm and with an empty kernel cache.
+
+Each library's step is timed twice: alone in a fresh process under the user's OpenMP wait
+policy (the main number: how each runs for its users), and both in one process with
+``OMP_WAIT_POLICY=PASSIVE``, which PyTorch needs there but which makes Numba's threads sleep
+between kernel calls (a LeNet step is ~30 short calls, each paying a wake-up).
 
 Usage: ``python bench/train.py [--budget S] [--no-demo]`` from the repository root. Writes
 ``bench/results/train.json`` and ``train.md``. Before a number is kept, the first step's loss
@@ -18,15 +23,14 @@ import time
 
 import numpy as np
 
-from numbaconv import bench as B  # sets OMP_WAIT_POLICY=PASSIVE before torch loads
+import numba
 
-torch = B._torch()
+import numbaconv as nc
+from numbaconv import _benchnets, models
+from numbaconv import bench as B
+from numbaconv import functional as F
 
-import numba  # noqa: E402
-
-import numbaconv as nc  # noqa: E402
-from numbaconv import _benchnets, models  # noqa: E402
-from numbaconv import functional as F  # noqa: E402
+torch = None  # loaded by main() (with PASSIVE set first) or by a child that times torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LR, MOMENTUM, WD = 0.01, 0.9, 1e-4
@@ -115,22 +119,54 @@ def check_first_step(name, ours, theirs, fns):
     return {"loss_numbaconv": a, "loss_torch": b, "max_weight_diff_rel": worst}
 
 
+def alone(lib, name, budget):
+    """Time ``lib``'s step of ``name`` in a fresh process with only that library loaded and the
+    user's wait policy (as bench.py's scaling section does)."""
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if B._USER_WAIT_POLICY is not None:
+        env["OMP_WAIT_POLICY"] = B._USER_WAIT_POLICY
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", lib, name,
+                          "--budget", str(budget)], env=env, check=True, capture_output=True,
+                         text=True).stdout
+    return json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:])
+
+
+def child(lib, name, budget):
+    global torch
+    if lib == "torch":
+        import torch as torch_module
+
+        torch = torch_module
+        torch.set_num_threads(numba.get_num_threads())
+    _, _, fns, _ = steps(name)
+    print("RESULT " + json.dumps(B._time_rounds({lib: fns[lib]}, budget=budget, min_runs=5,
+                                                max_runs=200)[lib]))
+
+
+def _timings(timed, batch):
+    out = {lib: {**t, "images_per_s": batch / (t["median_ms"] / 1e3)} for lib, t in timed.items()}
+    if "torch" in timed:
+        out["ratio_torch_over_numbaconv"] = timed["torch"]["median_ms"] / \
+            timed["numbaconv"]["median_ms"]
+    return out
+
+
 def run_steps(budget):
     rows = []
     for name in ("lenet5", "resnet18"):
         ours, theirs, fns, shape = steps(name)
         check = check_first_step(name, ours, theirs, fns)
-        timed = B._time_rounds(fns, budget=budget, min_runs=5, max_runs=200)
         row = {"model": name, "batch": shape[0], "image": list(shape[1:]), "check": check}
-        for lib, t in timed.items():
-            row[lib] = {**t, "images_per_s": shape[0] / (t["median_ms"] / 1e3)}
-        if "torch" in timed:
-            row["ratio_torch_over_numbaconv"] = timed["torch"]["median_ms"] / \
-                timed["numbaconv"]["median_ms"]
+        row["together"] = _timings(B._time_rounds(fns, budget=budget, min_runs=5,
+                                                  max_runs=200), shape[0])
+        row["alone"] = _timings({lib: alone(lib, name, budget) for lib in fns}, shape[0])
         rows.append(row)
-        print(f"{name:<9} b{shape[0]:<3} numbaconv {timed['numbaconv']['median_ms']:8.2f} ms"
-              + (f"  torch {timed['torch']['median_ms']:8.2f} ms  ratio "
-                 f"{row['ratio_torch_over_numbaconv']:.2f}x" if "torch" in timed else ""))
+        for how in ("alone", "together"):
+            t = row[how]
+            print(f"{name:<9} b{shape[0]:<3} {how:<8} numbaconv {t['numbaconv']['median_ms']:8.2f}"
+                  f" ms" + (f"  torch {t['torch']['median_ms']:8.2f} ms  ratio "
+                            f"{t['ratio_torch_over_numbaconv']:.2f}x" if "torch" in t else ""))
     return rows
 
 
@@ -160,15 +196,21 @@ def to_markdown(result):
                 else "") + f"; numbaconv {m['commit']}.", "",
              "One SGD step (momentum 0.9, weight decay 1e-4): forward, cross-entropy, backward, "
              "update, from the same weights in both libraries (the first step's loss and "
-             "weights checked equal). Median of the timed steps.", "",
-             "| model | batch | input | numbaconv ms | img/s | PyTorch ms | img/s | "
-             "PyTorch time / numbaconv time |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "weights checked equal). Median of the timed steps. *alone*: each library in a "
+             "fresh process of its own, the user's OpenMP wait policy; *together*: both in one "
+             "process with OMP_WAIT_POLICY=PASSIVE (Numba's threads then sleep between kernel "
+             "calls).", "",
+             "| model | batch | input | timed | numbaconv ms | img/s | PyTorch ms | img/s | "
+             "PyTorch time / numbaconv time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["steps"]:
-        t = r.get("torch")
-        lines.append(f"| {r['model']} | {r['batch']} | {'x'.join(map(str, r['image']))} | "
-                     f"{r['numbaconv']['median_ms']:.2f} | {r['numbaconv']['images_per_s']:.0f} | "
-                     + (f"{t['median_ms']:.2f} | {t['images_per_s']:.0f} | "
-                        f"{r['ratio_torch_over_numbaconv']:.2f}x |" if t else "- | - | - |"))
+        for how in ("alone", "together"):
+            t, n = r[how].get("torch"), r[how]["numbaconv"]
+            lines.append(f"| {r['model']} | {r['batch']} | {'x'.join(map(str, r['image']))} | "
+                         f"{how} | {n['median_ms']:.2f} | {n['images_per_s']:.0f} | "
+                         + (f"{t['median_ms']:.2f} | {t['images_per_s']:.0f} | "
+                            f"{r[how]['ratio_torch_over_numbaconv']:.2f}x |" if t
+                            else "- | - | - |"))
     if result.get("demo"):
         lines += ["", "`python -m numbaconv demo` (LeNet-5, 30 epochs on the bundled digits) in "
                   "a fresh process:", "",
@@ -181,11 +223,16 @@ def to_markdown(result):
 
 
 def main(argv=None):
+    global torch
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", type=float, default=3.0, help="seconds of timing per library")
     p.add_argument("--no-demo", action="store_true", help="skip the demo runs")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--child", nargs=2, metavar=("LIB", "MODEL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child:
+        return child(*args.child, args.budget)
+    torch = B._torch()  # sets OMP_WAIT_POLICY=PASSIVE before torch loads
     if torch is not None:
         torch.set_num_threads(numba.get_num_threads())
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": B.machine(torch),
