@@ -19,6 +19,7 @@ saying what to install, rather than skipping.
 import importlib.util
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -130,6 +131,18 @@ CONV_CASES = [
     # grouped, stride 3, even kernel, chunks smaller than the stride (merged blocks).
     dict(c=4, oc=8, k=4, stride=3, padding=1, dilation=1, groups=2, hw=(26, 23), chunks=(2, 7)),
 ]
+
+
+def test_reachable_as_nc_distributed():
+    """``import numbaconv as nc`` does not import Dask; ``nc.distributed`` loads it on first use
+    (a fresh process, where nothing has imported the submodule yet)."""
+    code = ("import sys, numbaconv as nc; before = 'dask' in sys.modules; "
+            "print(before, nc.distributed.predict.__name__, 'dask' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "predict", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'distributd'"):
+        nc.distributd  # noqa: B018
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=["stem7x7s2", "3x3", "dilated-same", "grouped"])
