@@ -633,7 +633,7 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
 
     Runs the implicit GEMM, the depthwise kernel when every group has one input channel,
     Winograd F(4x4, 3x3) for float32 3x3 stride-1 convs with finite inputs, or the row path for
-    small maps (:func:`rows_conv2d`), as :mod:`numbaconv.cpu.autotune` picks (a shape heuristic
+    small float32 maps (:func:`rows_conv2d`), as :mod:`numbaconv.cpu.autotune` picks (a shape heuristic
     unless ``NUMBACONV_AUTOTUNE=1``).
 
     Parameters
@@ -648,11 +648,13 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
     act : numbaconv._ops.ACT_* code applied last; alpha its parameter.
     """
     depthwise = groups == x.shape[1] and w.shape[1] == 1
-    # float64 never takes Winograd: it is the precision mode (the transforms add rounding), and
-    # its results then do not depend on the input's size, so a tiled or distributed conv equals
-    # the whole-image one exactly.
-    wino = (not depthwise and w.shape[2] == 3 and w.shape[3] == 3 and stride == (1, 1)
-            and dilation == (1, 1) and groups == 1 and out.dtype == np.float32)
+    # float64 takes neither Winograd nor the row path: it is the precision mode (Winograd's
+    # transforms add rounding), and with one algorithm its results do not depend on the input's
+    # size, so a tiled or distributed conv equals the whole-image one exactly.
+    single = out.dtype == np.float32
+    wino = (single and not depthwise and w.shape[2] == 3 and w.shape[3] == 3
+            and stride == (1, 1) and dilation == (1, 1) and groups == 1)
+    rows = single and not depthwise and rows_applies(x.shape, w.shape[0], out.shape, groups)
     if not autotune.enabled():
         # The heuristic: no candidates to time, so nothing to build per call.
         if depthwise:
@@ -660,7 +662,7 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
         elif (wino and winograd_applies(x.shape, out.shape, padding, out.dtype)
               and winograd_conv2d(out, x, w, b, residual, padding, act, alpha, finite_only=True)):
             pass
-        elif rows_applies(x.shape, w.shape[0], out.shape, groups):
+        elif rows:
             rows_conv2d(out, x, w, b, residual, stride, padding, dilation, act, alpha)
         else:
             gemm_conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha)
@@ -672,7 +674,7 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
         runs["depthwise"] = lambda: depthwise_conv2d(out, x, w, b, residual, stride, padding,
                                                      dilation, act, alpha)
         default = "depthwise"
-    elif rows_applies(x.shape, w.shape[0], out.shape, groups):
+    elif rows:
         runs["rows"] = lambda: rows_conv2d(out, x, w, b, residual, stride, padding, dilation, act,
                                            alpha)
         default = "rows"
