@@ -330,8 +330,11 @@ def test_three_training_steps_match_pytorch(optimizer, rng):
 def test_training_step_on_device_equals_cpu(device, rng):
     """Each block and a small CNN: a train-mode forward, backward and SGD step on the device give
     the CPU's output, gradients and weights; gradients stay on the parameters' device."""
+    # basic_down's backward covers basic's and inverted_res's covers inverted_t1's (the
+    # simulator runs every GPU thread in Python: each block costs ~35 s there).
     with nc.use_device("cpu"):
-        models = [(what, m, shape) for what, m, shape in block_models(True) if what != "lenet5"]
+        models = [(what, m, shape) for what, m, shape in block_models(True)
+                  if what in ("basic_down", "inverted_res", "fire")]
         models.append(("cnn", small_cnn(), (2, 2, 8, 8)))
     for what, ref, shape in models:
         m = copy.deepcopy(ref).to(device)
