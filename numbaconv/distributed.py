@@ -32,14 +32,14 @@ arithmetic depends on the dtype and the op:
 - float64: always, so results equal single-machine numbaconv bit for bit. float64
   convolutions always run the direct convolution, and it and the pools compute each output
   by arithmetic that does not depend on the array's size.
-- float32: the same holds for pooling and for convolutions other than 3x3 stride-1 ungrouped
-  ones (bit for bit). For 3x3 stride-1 ungrouped float32 convolutions, the CPU backend picks
-  Winograd F(4x4, 3x3) or the direct convolution by the array's size (and the thread count),
-  and a block, smaller than the whole, may get the other one. Their roundings differ: the
-  result then agrees with one machine within float32 tolerance (the conv tolerances of
+- float32: pooling is bit for bit. For ungrouped float32 convolutions the CPU backend picks
+  the algorithm by the array's size (and the thread count): Winograd F(4x4, 3x3) for 3x3
+  stride-1 ones, a batch-folded path for maps of at most 64 outputs, else the direct
+  convolution; a block, smaller than the whole, may get another one. Their roundings differ:
+  the result then agrees with one machine within float32 tolerance (the conv tolerances of
   ``tests/conftest.py``, about 1e-5 relative), not bit for bit. Where block and whole run the
-  same algorithm they are bit-equal (block edges stay on the 4x4 output tile grid for these
-  convolutions).
+  same algorithm they are bit-equal (block edges stay on the 4x4 output tile grid for 3x3
+  stride-1 convolutions).
 
 The same holds for :func:`predict` against one call on the whole batch.
 
@@ -517,8 +517,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
         Chunked as x along N, along OC by ``split``, and along OH, OW with one block per
         block of x (block edges on the 4x4 output grid for float32 3x3 stride-1
         convolutions). Equal to ``F.conv2d`` on the whole array: bit for bit in float64; in
-        float32 bit for bit too, except 3x3 stride-1 ungrouped convolutions, which agree within
-        float32 tolerance (Winograd or the direct conv, see the module docstring).
+        float32 within float32 tolerance (bit for bit where block and whole run the same
+        algorithm, see the module docstring).
 
     Raises
     ------
@@ -687,8 +687,8 @@ def predict(model, x, *, rechunk=False):
     dask.array.Array (N, *out)
         Chunked as x along N. The output shape per image comes from one zero image run on
         the calling machine when the graph is built. Equal to ``model(x)`` on one machine:
-        bit for bit in float64; in float32 within float32 tolerance where the model has 3x3
-        stride-1 ungrouped convolutions (see the module docstring).
+        bit for bit in float64; in float32 within float32 tolerance (see the module
+        docstring).
 
     Raises
     ------
@@ -809,8 +809,7 @@ def predict_tiled(model, image, tile=None, *, rechunk=False, _stats=None):
     Each task computes one tile of the model's output from the input region that tile's
     receptive field covers (the halo, derived from the layers' kernels, strides, paddings and
     dilations), gathered from the input's chunks. Equal to ``model(image)`` on one machine:
-    bit for bit in float64; in float32 bit for bit too unless the model has 3x3 stride-1
-    ungrouped convolutions, then within float32 tolerance (see the module docstring).
+    bit for bit in float64; in float32 within float32 tolerance (see the module docstring).
 
     Parameters
     ----------
