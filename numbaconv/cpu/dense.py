@@ -235,10 +235,11 @@ def _pack_strips(bp, b):
 
 
 @kernel
-def _panel_gemm(out, ap, bp, kofs):
-    """``out (R, C) = A @ B`` with A (R, KR) in MR-row panels ``ap`` and B (KR, C) in column
+def _panel_gemm(out, ap, bp, kofs, bias):
+    """``out (R, C) = A @ B (+ bias)`` with A (R, KR) in MR-row panels ``ap`` and B (KR, C) in column
     strips ``bp`` (:func:`_pack_strips`), ``kofs = arange(KR) * NR``. A task = one strip x one
-    panel; strips outer, so consecutive tasks (one thread's share) reuse a strip from L2."""
+    panel; strips outer, so consecutive tasks (one thread's share) reuse a strip from L2.
+    ``bias`` (C,) or None (the branch is compiled out)."""
     r_, c_ = out.shape
     kr = kofs.shape[0]
     lanes = simd.width(bp)
@@ -254,8 +255,13 @@ def _panel_gemm(out, ap, bp, kofs):
         for r in range(min(MR, r_ - ob * MR)):
             orow = out[ob * MR + r, p0:p0 + plen]
             trow = tile[r * nr:r * nr + plen]
-            for j in range(plen):
-                orow[j] = trow[j]
+            if bias is None:
+                for j in range(plen):
+                    orow[j] = trow[j]
+            else:
+                bseg = bias[p0:p0 + plen]
+                for j in range(plen):
+                    orow[j] = trow[j] + bseg[j]
 
 
 def _gemm(out, ap, b):
@@ -266,7 +272,7 @@ def _gemm(out, ap, b):
     n3, n2 = split_tiles.py_func(c, lanes)
     bp = np.empty(max(1, (n3 + n2) * kr * nr), b.dtype)
     _pack_strips(bp, b)
-    _panel_gemm(out, ap, bp, np.arange(kr, dtype=np.int64) * nr)
+    _panel_gemm(out, ap, bp, np.arange(kr, dtype=np.int64) * nr, None)
 
 
 COL_BLOCK = 256  # columns per task of the bias gradient's column sums

@@ -35,7 +35,7 @@ from numba.extending import overload
 from numbaconv import _weights
 from numbaconv.cpu import simd, vecmath
 from numbaconv.cpu._common import helper, kernel, sigmoid
-from numbaconv.cpu.dense import _pack_strips, linear_backward
+from numbaconv.cpu.dense import _pack_strips, _panel_gemm, linear_backward
 from numbaconv.cpu.gemm import MR, NVMAX, microkernel, pack, split_tiles, tile_span
 from numbaconv.cpu.vecmath import div, select
 
@@ -173,30 +173,6 @@ def _packed(mode, w_ih, w_hh, b_ih, b_hh):
 
 
 # ---- forward ---------------------------------------------------------------------------------
-
-@kernel
-def _project(out, ap, bp, kofs, bias):
-    """``out (R, C) = A @ B + bias`` for A in MR-row panels ``ap`` and B in column strips
-    ``bp`` (``_pack_strips``); a task = one strip x one panel, strips outer."""
-    r_, c_ = out.shape
-    kr = kofs.shape[0]
-    lanes = simd.width(bp)
-    nr = NVMAX * lanes
-    n3, n2 = split_tiles(c_, lanes)
-    nblocks = (r_ + MR - 1) // MR
-    for t in prange(nblocks * (n3 + n2)):
-        jt = t // nblocks
-        ob = t - jt * nblocks
-        p0, plen = tile_span(jt, n3, c_, lanes)
-        tile = np.empty(MR * nr, dtype=out.dtype)
-        microkernel(tile, ap, ob * kr * MR, bp, jt * kr * nr, kofs, 0, kr, plen, 0)
-        bseg = bias[p0:p0 + plen]
-        for r in range(min(MR, r_ - ob * MR)):
-            orow = out[ob * MR + r, p0:p0 + plen]
-            trow = tile[r * nr:r * nr + plen]
-            for j in range(plen):
-                orow[j] = trow[j] + bseg[j]
-
 
 GEMV_ROWS = 2  # panels with at most this many valid rows use the one-row kernel
 
@@ -492,7 +468,7 @@ def rnn_forward(mode, out, h_n, c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, leng
         if i_:
             ap = np.empty(((rows + MR - 1) // MR) * MR * i_, dtype)
             pack(ap, x.reshape((rows, i_)), 1, (rows + MR - 1) // MR)
-            _project(xw, ap, pk.ih_strips, pk.ih_kofs, pk.bias)
+            _panel_gemm(xw, ap, pk.ih_strips, pk.ih_kofs, pk.bias)
         else:
             xw[...] = pk.bias
     npan = (n_ + MR - 1) // MR
