@@ -9,6 +9,20 @@ from numbaconv.nn.module import Module, _factory, _uniform
 __all__ = ["Conv1d", "Conv2d"]
 
 
+def check_channels(cls, in_channels, out_channels, groups):
+    """Positive int channel counts and groups, both counts divisible by groups (ValueError)."""
+    for name, v in (("in_channels", in_channels), ("out_channels", out_channels),
+                    ("groups", groups)):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{cls}: {name} must be a positive int, got {v!r}")
+    if in_channels % groups:
+        raise ValueError(f"{cls}: in_channels ({in_channels}) must be divisible by groups "
+                         f"({groups})")
+    if out_channels % groups:
+        raise ValueError(f"{cls}: out_channels ({out_channels}) must be divisible by groups "
+                         f"({groups})")
+
+
 class _ConvNd(Module):
     _nd = 2
 
@@ -17,16 +31,7 @@ class _ConvNd(Module):
                  activation=None):
         super().__init__()
         cls, nd = type(self).__name__, self._nd
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels),
-                        ("groups", groups)):
-            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{cls}: {name} must be a positive int, got {v!r}")
-        if in_channels % groups:
-            raise ValueError(f"{cls}: in_channels ({in_channels}) must be divisible by groups "
-                             f"({groups})")
-        if out_channels % groups:
-            raise ValueError(f"{cls}: out_channels ({out_channels}) must be divisible by groups "
-                             f"({groups})")
+        check_channels(cls, in_channels, out_channels, groups)
         if padding_mode != "zeros":
             raise ValueError(f"{cls}: padding_mode={padding_mode!r} is not supported; only "
                              "'zeros' (pad the input with zeros explicitly for other modes)")

@@ -1,9 +1,9 @@
 """Transposed convolution layer: ``ConvTranspose2d``, as PyTorch's."""
 
 import math
-import numbers
 
 from numbaconv import functional as F
+from numbaconv.nn.conv import check_channels
 from numbaconv.nn.module import Module, _factory, _uniform
 
 __all__ = ["ConvTranspose2d"]
@@ -38,16 +38,7 @@ class ConvTranspose2d(Module):
                  device=None, dtype=None):
         super().__init__()
         cls = type(self).__name__
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels),
-                        ("groups", groups)):
-            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{cls}: {name} must be a positive int, got {v!r}")
-        if in_channels % groups:
-            raise ValueError(f"{cls}: in_channels ({in_channels}) must be divisible by groups "
-                             f"({groups})")
-        if out_channels % groups:
-            raise ValueError(f"{cls}: out_channels ({out_channels}) must be divisible by groups "
-                             f"({groups})")
+        check_channels(cls, in_channels, out_channels, groups)
         if padding_mode != "zeros":
             raise ValueError(f"{cls}: only padding_mode='zeros' is supported for transposed "
                              f"convolutions, got {padding_mode!r}")
