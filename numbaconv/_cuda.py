@@ -131,22 +131,48 @@ def cache_impls():
     return [caching.CacheImpl]
 
 
-def kernel(*signatures):
+def kernel(*signatures, half=False):
     """Declare a CUDA kernel: ``@kernel("void({T}[::1], {T}[::1])")``.
 
-    ``{T}`` in a signature is expanded to float32 and float64. The kernel is compiled lazily for
-    the argument types it is called with (and cached on disk); the expanded signatures are only
+    ``{T}`` in a signature is expanded to float32 and float64, and also to float16 with
+    ``half=True`` (a kernel that takes float16 arrays: an inference op that accumulates in
+    float32, see :func:`numbaconv.cuda._common.widen`). The kernel is compiled lazily for the
+    argument types it is called with (and cached on disk); the expanded signatures are only
     used by the PTX test, which compiles every registered kernel for sm_80 and sm_90.
     """
+    dtypes = ("float16", "float32", "float64") if half else ("float32", "float64")
 
     def wrap(func):
         sigs = []
         for sig in signatures:
-            sigs += [sig.format(T=t) for t in ("float32", "float64")] if "{T}" in sig else [sig]
+            sigs += [sig.format(T=t) for t in dtypes] if "{T}" in sig else [sig]
         KERNELS.append((f"{func.__module__}.{func.__name__}", func, sigs))
         return cuda().jit(cache=not simulator_enabled())(func)
 
     return wrap
+
+
+def overload(func):
+    """Give plain Python function ``func`` a typing-time implementation inside CUDA kernels.
+
+    ``@overload(func)`` decorates ``typer(*numba_types)``, which returns the Python function to
+    compile for those argument types (numba's ``overload``). ``func`` itself is what the
+    simulator, which runs kernels as Python, calls.
+    """
+
+    def wrap(typer):
+        if not simulator_enabled():
+            from numba.cuda.extending import overload as numba_overload
+
+            numba_overload(func, target="cuda")(typer)
+        return typer
+
+    return wrap
+
+
+def is_float16(numba_type):
+    """True for numba's float16 scalar type, or an array dtype (``DType``) of it."""
+    return str(getattr(numba_type, "dtype", numba_type)) == "float16"
 
 
 def device_function(func):

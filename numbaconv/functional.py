@@ -3,8 +3,9 @@
 Each op checks and normalises its arguments, works out the output shape, allocates the output on
 the device where the data lives and calls that backend's launcher (``numbaconv.cpu`` or
 ``numbaconv.cuda``), which fills it. Layout is NCHW; inputs are float32 or float64 and the output
-has the input's dtype. NumPy in gives NumPy out; a device array in gives the same kind of device
-array out. Inputs are never modified.
+has the input's dtype. On CUDA the inference ops (``_HALF_OPS``) also take float16, computed with
+float32 accumulation and rounded to float16 once per output. NumPy in gives NumPy out; a device
+array in gives the same kind of device array out. Inputs are never modified.
 
 Training: every differentiable op ``op`` has ``op_backward(grad_output, <op's own arguments>)``.
 It always returns a tuple with one entry per array argument of ``op``, in order, even when there
@@ -38,6 +39,10 @@ __all__ = [
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT16 = np.dtype(np.float16)
+# The ops that take float16 (on CUDA only): the forward ops of an inference network.
+_HALF_OPS = ("conv1d, conv2d, linear, max/avg/adaptive pooling, the activations, softmax, "
+             "log_softmax and batch_norm in eval mode")
 _CONV_ACTIVATIONS = ("relu", "relu6", "leaky_relu", "sigmoid", "tanh", "silu", "gelu", "hardswish")
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -112,13 +117,22 @@ class _Call:
     def __getitem__(self, name):
         return self.arrays[name]
 
-    def float_dtype(self, name):
-        """The dtype of float argument ``name``; TypeError unless float32/float64."""
+    def float_dtype(self, name, half=False):
+        """The dtype of float argument ``name``; TypeError unless float32/float64, or float16
+        when ``half`` (the op is one of ``_HALF_OPS``) and the call runs on CUDA."""
         dt = self.arrays[name].dtype
-        if dt not in _FLOAT_DTYPES:
-            raise TypeError(f"{self.op}(): argument '{name}' has dtype {dt}; expected float32 or "
-                            "float64")
-        return dt
+        if dt in _FLOAT_DTYPES:
+            return dt
+        if dt == _FLOAT16:
+            if half and self.device == "cuda":
+                return dt
+            where = ("the CPU backend does not support float16" if self.device == "cpu" else
+                     f"{self.op} does not support float16")
+            raise TypeError(f"{self.op}(): argument '{name}' is float16 and {where}: float16 is "
+                            f"supported on CUDA for inference (forward) ops only ({_HALF_OPS}); "
+                            "use float32 (x.astype(np.float32))")
+        raise TypeError(f"{self.op}(): argument '{name}' has dtype {dt}; expected float32 or "
+                        "float64")
 
     def same_dtype(self, dtype, *names):
         for name in names:
@@ -323,7 +337,7 @@ def _conv(op, nd, input, weight, bias, stride, padding, dilation, groups, activa
     act, alpha = _activation(op, activation)
     _rank(call, "input", (nd + 1, nd + 2))
     _rank(call, "weight", (nd + 2,))
-    dtype = call.float_dtype("input")
+    dtype = call.float_dtype("input", half=True)
     call.same_dtype(dtype, "weight", "bias", "residual")
     if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"{op}(): groups must be a positive int, got {groups!r}")
@@ -476,10 +490,11 @@ def _pool_out(op, size, k, s, p, d, ceil_mode):
     return out
 
 
-def _pool_setup(op, input, kernel_size, stride, padding, dilation, ceil_mode):
+def _pool_setup(op, input, kernel_size, stride, padding, dilation, ceil_mode, half=False):
+    """Check a pooling call's input and window (``half``: the forward, which takes float16)."""
     call = _Call(op, input=input)
     _rank(call, "input", (3, 4))
-    dtype = call.float_dtype("input")
+    dtype = call.float_dtype("input", half=half)
     k = _int_tuple(kernel_size, 2, op, "kernel_size", 1)
     s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else \
         _int_tuple(stride, 2, op, "stride", 1)
@@ -529,7 +544,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     array (N, C, OH, OW). NaN in a window gives NaN.
     """
     call, dtype, k, s, p, d, shape, out_hw = _pool_setup(
-        "max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
+        "max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode, half=True)
     be = _backend(call.device)
     return _run_pool(call, dtype, shape, out_hw,
                      lambda out, x: be.max_pool2d(out, x, k, s, p, d))
@@ -554,7 +569,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     array (N, C, OH, OW)
     """
     call, dtype, k, s, p, _, shape, out_hw = _pool_setup(
-        "avg_pool2d", input, kernel_size, stride, padding, 1, ceil_mode)
+        "avg_pool2d", input, kernel_size, stride, padding, 1, ceil_mode, half=True)
     be = _backend(call.device)
     return _run_pool(call, dtype, shape, out_hw,
                      lambda out, x: be.avg_pool2d(out, x, k, s, p, bool(count_include_pad)))
@@ -563,7 +578,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
 def _adaptive(op, input, output_size, launcher):
     call = _Call(op, input=input)
     _rank(call, "input", (3, 4))
-    dtype = call.float_dtype("input")
+    dtype = call.float_dtype("input", half=True)
     shape = tuple(call["input"].shape)
     if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
         output_size = (output_size, output_size)
@@ -607,7 +622,7 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
 
 def _elementwise(op, input, act, alpha=0.0):
     call = _Call(op, input=input)
-    dtype = call.float_dtype("input")
+    dtype = call.float_dtype("input", half=True)
     shape = tuple(call["input"].shape)
     size = int(np.prod(shape))
     out = call.empty(shape, dtype)
@@ -673,7 +688,7 @@ def _add(a, b, activation=None):
     ``activation`` is as :func:`conv2d`'s. One pass; the sum rounds once, as ``a + b``.
     """
     call = _Call("add", a=a, b=b)
-    dtype = call.float_dtype("a")
+    dtype = call.float_dtype("a", half=True)
     call.same_dtype(dtype, "b")
     shape = tuple(call["a"].shape)
     if tuple(call["b"].shape) != shape:
@@ -717,7 +732,7 @@ def _accumulate(out, x):
 def _cat_channels(a, b):
     """``torch.cat([a, b], 1)`` for (N, C, ...) arrays of one dtype on one device."""
     call = _Call("cat", a=a, b=b)
-    dtype = call.float_dtype("a")
+    dtype = call.float_dtype("a", half=True)  # a copy: exact in any dtype
     call.same_dtype(dtype, "b")
     sa, sb = tuple(call["a"].shape), tuple(call["b"].shape)
     if len(sa) < 2 or len(sa) != len(sb) or sa[0] != sb[0] or sa[2:] != sb[2:]:
@@ -763,7 +778,7 @@ def linear(input, weight, bias=None):
     call = _Call("linear", ("bias",), input=input, weight=weight, bias=bias)
     _rank(call, "input", tuple(range(1, 33)))
     _rank(call, "weight", (1, 2))
-    dtype = call.float_dtype("input")
+    dtype = call.float_dtype("input", half=True)
     call.same_dtype(dtype, "weight", "bias")
     xs, ws = tuple(call["input"].shape), tuple(call["weight"].shape)
     vector_weight = len(ws) == 1
@@ -790,7 +805,7 @@ def linear(input, weight, bias=None):
 
 def _softmax(op, input, dim, log):
     call = _Call(op, input=input)
-    dtype = call.float_dtype("input")
+    dtype = call.float_dtype("input", half=True)
     shape = tuple(call["input"].shape)
     dim = _dim(op, dim, len(shape))
     full = shape if shape else (1,)
@@ -844,7 +859,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         _check_momentum("batch_norm", momentum)
     call = _Call("batch_norm", _BN_ARRAYS if training else ("weight", "bias"), input=input,
                  running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
-    dtype, shape, n, c, s = _batch_norm_args(call, training, momentum, eps)
+    dtype, shape, n, c, s = _batch_norm_args(call, training, momentum, eps, half=not training)
     if training:
         return _batch_norm_train(call, dtype, shape, n, c, s, momentum, eps)
     out = call.empty(shape, dtype)
@@ -1572,12 +1587,13 @@ def hardswish_backward(grad_output, input):
 _BN_ARRAYS = ("running_mean", "running_var", "weight", "bias")
 
 
-def _batch_norm_args(call, training, momentum, eps):
+def _batch_norm_args(call, training, momentum, eps, half=False):
     """Check batch_norm's arrays and numbers; return (dtype, shape, N, C, S). In training mode
-    the running statistics may be None (both or neither) and ``momentum`` must be a number."""
+    the running statistics may be None (both or neither) and ``momentum`` must be a number.
+    ``half``: float16 is accepted (on CUDA; the eval-mode forward)."""
     op = call.op
     _rank(call, "input", tuple(range(2, 33)))
-    dtype = call.float_dtype("input")
+    dtype = call.float_dtype("input", half=half)
     call.same_dtype(dtype, *_BN_ARRAYS)
     shape = tuple(call["input"].shape)
     c = shape[1]

@@ -1,7 +1,8 @@
 """CUDA backend: ``numba.cuda`` kernels (declared through ``numbaconv._cuda``), one module per op
 family, with the same module and launcher names and arguments as ``numbaconv.cpu`` (its docstring
 is the backend contract). Launchers compute the grid and launch on the default stream; arrays
-are numba device arrays.
+are numba device arrays. The inference launchers (conv2d, linear, softmax, pooling, activation,
+add, batch_norm) also take float16 arrays, computed in float32 (``_common.widen``).
 """
 
 import os as _os

@@ -2,9 +2,51 @@
 
 import math
 
+import numpy as np
+
 from numbaconv import _cuda, _ops
 
 cuda = _cuda.cuda()
+
+# ---- float16: stored in half precision, computed in float32 -------------------------------------
+# Kernels declared with ``half=True`` read float16 values through ``widen`` and sum them in
+# ``acc_dtype(x.dtype)`` registers and shared tiles, so float16 data is computed on in float32
+# and rounded to float16 once, at the store. For float32 and float64 both are the identity:
+# those specialisations compile exactly as before, with no conversions.
+
+
+def widen(v):
+    """Scalar ``v`` as float32 if it is float16, else ``v`` unchanged."""
+    return np.float32(v) if type(v) is np.float16 else v
+
+
+@_cuda.overload(widen)
+def _widen_cuda(v):
+    if _cuda.is_float16(v):
+        return lambda v: np.float32(v)
+    return lambda v: v
+
+
+def acc_dtype(dtype):
+    """The scalar type (a class, e.g. ``np.float32``) that sums over arrays of ``dtype``
+    accumulate in: float32 for float16 and float32, float64 for float64. Usable as a local or
+    shared array's dtype and called to convert: ``acc_dtype(x.dtype)(0)``."""
+    return np.float64 if dtype == np.float64 else np.float32
+
+
+@_cuda.overload(acc_dtype)
+def _acc_dtype_cuda(dtype):
+    if str(dtype.dtype) == "float64":
+        return lambda dtype: np.float64
+    return lambda dtype: np.float32
+
+
+def reject_float16(what, a):
+    """TypeError when device array ``a`` is float16 in a training kernel (``what``)."""
+    if a.dtype == np.float16:
+        raise TypeError(f"{what}: float16 is supported on CUDA for inference (forward) ops only; "
+                        "train in float32")
+
 
 sigmoid = _cuda.device_function(_ops.sigmoid)
 apply_act = _cuda.device_function(_ops.apply_act)
@@ -48,13 +90,14 @@ unravel4 = _cuda.device_function(_unravel4)
 
 
 def _max_sum_exp(x, a, b):
-    # Over axis 1 of x[a, :, b]: the NaN-propagating max m and the float64 sum of exp(x - m).
-    m = x.dtype.type(-math.inf)
+    # Over axis 1 of x[a, :, b]: the NaN-propagating max m and the float64 sum of exp(x - m)
+    # (float16 x: in float32).
+    m = acc_dtype(x.dtype)(-math.inf)
     for c in range(x.shape[1]):
-        m = nan_max(m, x[a, c, b])
+        m = nan_max(m, widen(x[a, c, b]))
     s = 0.0
     for c in range(x.shape[1]):
-        s += math.exp(x[a, c, b] - m)
+        s += math.exp(widen(x[a, c, b]) - m)
     return m, s
 
 

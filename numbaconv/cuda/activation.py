@@ -1,17 +1,19 @@
-"""Elementwise activation over a flat array on the GPU."""
+"""Elementwise activation over a flat array on the GPU. The forward kernels take float16 too:
+``apply_act`` (shared with the CPU) runs on the value widened to float32, and the result is
+rounded to float16 once at the store; relu and friends stay exact selections."""
 
 from numbaconv import _cuda, _ops_backward
-from numbaconv.cuda._common import THREADS, apply_act, blocks
+from numbaconv.cuda._common import THREADS, apply_act, blocks, widen
 
 cuda = _cuda.cuda()
 
 
-@_cuda.kernel("void({T}[::1], {T}[::1], int64, float64)")
+@_cuda.kernel("void({T}[::1], {T}[::1], int64, float64)", half=True)
 def _activation(out, x, act, alpha):
     """out[i] = act(x[i]), one thread per element; out, x (L,); alpha: the leaky_relu slope."""
     i = cuda.grid(1)
     if i < x.shape[0]:
-        out[i] = apply_act(x[i], act, alpha)
+        out[i] = apply_act(widen(x[i]), act, alpha)
 
 
 def activation(out, x, act, alpha):
@@ -26,12 +28,12 @@ def activation(out, x, act, alpha):
     _activation[blocks(x.shape[0]), THREADS](out, x, int(act), float(alpha))
 
 
-@_cuda.kernel("void({T}[::1], {T}[::1], {T}[::1], int64, float64)")
+@_cuda.kernel("void({T}[::1], {T}[::1], {T}[::1], int64, float64)", half=True)
 def _add(out, a, b, act, alpha):
     """out[i] = act(a[i] + b[i]), one thread per element; out, a, b (L,)."""
     i = cuda.grid(1)
     if i < a.shape[0]:
-        out[i] = apply_act(a[i] + b[i], act, alpha)
+        out[i] = apply_act(widen(a[i]) + widen(b[i]), act, alpha)
 
 
 def add(out, a, b, act, alpha):

@@ -6,11 +6,14 @@ Per group ``g`` the convolution is the product ``out[oc, p] = sum_k W[oc, k] * X
 ``p = (n, oh, ow)`` over every output pixel of the batch. ``X`` (im2col) is never built: each
 block gathers its ``TK x TN`` slice from ``x`` straight into shared memory, zeros standing in for
 the padding.
+
+float16 data is summed in float32: the shared tiles and accumulators are float32, each float16
+value is converted once as it is loaded, and the output is rounded to float16 once, at the store.
 """
 
 from numbaconv import _cuda
-from numbaconv.cuda._common import (GEMM_THREADS, THREADS, TK, TM, TN, apply_act, blocks, flat,
-                                    tile_fma, unravel4)
+from numbaconv.cuda._common import (GEMM_THREADS, THREADS, TK, TM, TN, acc_dtype, apply_act,
+                                    blocks, flat, tile_fma, unravel4, widen)
 
 cuda = _cuda.cuda()
 
@@ -25,7 +28,7 @@ _SIG = ("void({T}[:, :, :, ::1], {T}[:, :, :, ::1], {T}[:, :, :, ::1], {T}[::1],
         "{T}[:, :, :, ::1], UniTuple(int64, 7), boolean, boolean, int64, float64)")
 
 
-@_cuda.kernel(_SIG)
+@_cuda.kernel(_SIG, half=True)
 def _conv2d_gemm(out, x, w, b, res, geom, has_bias, has_res, act, alpha):
     """Implicit-GEMM convolution; grid (pixel tiles, channel tiles, groups), 256 threads.
 
@@ -51,10 +54,11 @@ def _conv2d_gemm(out, x, w, b, res, geom, has_bias, has_res, act, alpha):
     tx = tid % 16
     ty = tid // 16
 
-    a_s = cuda.shared.array((TK, TM), dtype=x.dtype)
-    b_s = cuda.shared.array((TK, TN), dtype=x.dtype)
-    acc = cuda.local.array(16, dtype=x.dtype)
-    zero = x.dtype.type(0)
+    acc_t = acc_dtype(x.dtype)  # float32 for float16 data
+    a_s = cuda.shared.array((TK, TM), dtype=acc_t)
+    b_s = cuda.shared.array((TK, TN), dtype=acc_t)
+    acc = cuda.local.array(16, dtype=acc_t)
+    zero = acc_t(0)
     for e in range(16):
         acc[e] = zero
 
@@ -85,7 +89,7 @@ def _conv2d_gemm(out, x, w, b, res, geom, has_bias, has_res, act, alpha):
             mm = am + 16 * q
             v = zero
             if k < k_ and m0 + mm < ocg:
-                v = w[wbase + mm, kc, ki, kj]
+                v = widen(w[wbase + mm, kc, ki, kj])
             a_s[ak, mm] = v
         # B tile: consecutive threads read consecutive output pixels of one tap.
         for q in range(TK // 4):
@@ -99,7 +103,7 @@ def _conv2d_gemm(out, x, w, b, res, geom, has_bias, has_res, act, alpha):
                 ih = ih0 + i * dh
                 iw = iw0 + (tap - i * kw) * dw
                 if ih >= 0 and ih < h and iw >= 0 and iw < w_:
-                    v = x[pn, cbase + c, ih, iw]
+                    v = widen(x[pn, cbase + c, ih, iw])
             b_s[kk, bp] = v
         cuda.syncthreads()
         tile_fma(a_s, b_s, acc, ty, tx)
@@ -111,7 +115,7 @@ def _conv2d_gemm(out, x, w, b, res, geom, has_bias, has_res, act, alpha):
         if m >= ocg:
             continue
         oc = g * ocg + m
-        bias = b[oc] if has_bias else zero
+        bias = widen(b[oc]) if has_bias else zero
         for c in range(4):
             p = p0 + tx + 16 * c
             if p < np_:
@@ -121,11 +125,11 @@ def _conv2d_gemm(out, x, w, b, res, geom, has_bias, has_res, act, alpha):
                 ow = rem - oh * ow_
                 v = acc[4 * r + c] + bias
                 if has_res:
-                    v += res[n, oc, oh, ow]
-                out[n, oc, oh, ow] = apply_act(v, act, alpha)
+                    v += widen(res[n, oc, oh, ow])
+                out[n, oc, oh, ow] = apply_act(v, act, alpha)  # the one rounding to float16
 
 
-@_cuda.kernel(_SIG)
+@_cuda.kernel(_SIG, half=True)
 def _conv2d_direct(out, x, w, b, res, geom, has_bias, has_res, act, alpha):
     """Direct convolution, one thread per output element (1-D grid over out in C order).
 
@@ -143,7 +147,7 @@ def _conv2d_direct(out, x, w, b, res, geom, has_bias, has_res, act, alpha):
     c0 = (oc // (oc_ // groups)) * cg
     ih0 = oh * sh - ph
     iw0 = ow * sw - pw
-    acc = b[oc] if has_bias else x.dtype.type(0)
+    acc = widen(b[oc]) if has_bias else acc_dtype(x.dtype)(0)  # float32 for float16 data
     for c in range(cg):
         for i in range(kh):
             ih = ih0 + i * dh
@@ -152,9 +156,9 @@ def _conv2d_direct(out, x, w, b, res, geom, has_bias, has_res, act, alpha):
             for j in range(kw):
                 iw = iw0 + j * dw
                 if iw >= 0 and iw < w_:
-                    acc += x[n, c0 + c, ih, iw] * w[oc, c, i, j]
+                    acc += widen(x[n, c0 + c, ih, iw]) * widen(w[oc, c, i, j])
     if has_res:
-        acc += res[n, oc, oh, ow]
+        acc += widen(res[n, oc, oh, ow])
     out[n, oc, oh, ow] = apply_act(acc, act, alpha)
 
 
@@ -163,7 +167,8 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
 
     Parameters
     ----------
-    out : (N, OC, OH, OW) device array, filled in place.
+    out : (N, OC, OH, OW) device array, filled in place; every array has one dtype, float16,
+        float32 or float64.
     x : (N, C, H, W) device array.
     w : (OC, C // groups, KH, KW) device array.
     b : (OC,) device array or None.

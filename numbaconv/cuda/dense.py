@@ -1,13 +1,14 @@
 """Dense kernels on the GPU: linear (x @ w.T + b) as a shared-memory tiled GEMM, and softmax /
-log_softmax over one axis."""
+log_softmax over one axis. Both forward kernels take float16 too, computing in float32 (float32
+tiles and accumulators; exp in float32) and rounding to float16 once at the store."""
 
 import math
 
 import numpy as np
 
 from numbaconv import _cuda
-from numbaconv.cuda._common import (GEMM_THREADS, THREADS, TK, TM, TN, block_sum, blocks, flat,
-                                    max_sum_exp, nan_max, tile_fma)
+from numbaconv.cuda._common import (GEMM_THREADS, THREADS, TK, TM, TN, acc_dtype, block_sum,
+                                    blocks, flat, max_sum_exp, nan_max, tile_fma, widen)
 
 cuda = _cuda.cuda()
 
@@ -16,7 +17,7 @@ cuda = _cuda.cuda()
 # so stores to a row of out coalesce.
 
 
-@_cuda.kernel("void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1], {T}[::1], boolean)")
+@_cuda.kernel("void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1], {T}[::1], boolean)", half=True)
 def _linear(out, x, w, b, has_bias):
     """out (M, N) = x (M, K) @ w (N, K).T + b (N,), b read only when ``has_bias``;
     grid (column tiles, row tiles), 256 threads."""
@@ -28,10 +29,11 @@ def _linear(out, x, w, b, has_bias):
     tx = tid % 16
     ty = tid // 16
 
-    a_s = cuda.shared.array((TK, TM), dtype=x.dtype)
-    b_s = cuda.shared.array((TK, TN), dtype=x.dtype)
-    acc = cuda.local.array(16, dtype=x.dtype)
-    zero = x.dtype.type(0)
+    acc_t = acc_dtype(x.dtype)  # float32 for float16 data
+    a_s = cuda.shared.array((TK, TM), dtype=acc_t)
+    b_s = cuda.shared.array((TK, TN), dtype=acc_t)
+    acc = cuda.local.array(16, dtype=acc_t)
+    zero = acc_t(0)
     for e in range(16):
         acc[e] = zero
 
@@ -46,11 +48,11 @@ def _linear(out, x, w, b, has_bias):
             rr = lr + 16 * q
             v = zero
             if k_ok and m0 + rr < m_:
-                v = x[m0 + rr, k]
+                v = widen(x[m0 + rr, k])
             a_s[lk, rr] = v
             v = zero
             if k_ok and n0 + rr < n_:
-                v = w[n0 + rr, k]
+                v = widen(w[n0 + rr, k])
             b_s[lk, rr] = v
         cuda.syncthreads()
         tile_fma(a_s, b_s, acc, ty, tx)
@@ -65,7 +67,7 @@ def _linear(out, x, w, b, has_bias):
             if n < n_:
                 v = acc[4 * r + c]
                 if has_bias:
-                    v += b[n]
+                    v += widen(b[n])
                 out[m, n] = v
 
 
@@ -74,7 +76,8 @@ def linear(out, x, w, b):
 
     Parameters
     ----------
-    out : (M, N) device array, filled in place.
+    out : (M, N) device array, filled in place; every array has one dtype, float16, float32 or
+        float64.
     x : (M, K) device array.
     w : (N, K) device array.
     b : (N,) device array or None.
@@ -94,7 +97,7 @@ ROW_THREADS = 128
 ROW_MIN_D = 32  # shorter rows, and strided axes, use one thread per row instead
 
 
-@_cuda.kernel("void({T}[:, :, ::1], {T}[:, :, ::1], boolean)")
+@_cuda.kernel("void({T}[:, :, ::1], {T}[:, :, ::1], boolean)", half=True)
 def _softmax_block(out, x, log):
     """Softmax over axis 1 of (outer, D, inner) arrays, one block of ROW_THREADS per
     (outer, inner) row: block-wide max, then a float64 sum of exp(x - max)."""
@@ -103,11 +106,12 @@ def _softmax_block(out, x, log):
     o = r // inner
     i = r - o * inner
     tid = cuda.threadIdx.x
-    red_max = cuda.shared.array(ROW_THREADS, dtype=x.dtype)
+    acc_t = acc_dtype(x.dtype)  # float16: the max, shifts and exp in float32
+    red_max = cuda.shared.array(ROW_THREADS, dtype=acc_t)
     red_sum = cuda.shared.array(ROW_THREADS, dtype=np.float64)
-    m = x.dtype.type(-math.inf)
+    m = acc_t(-math.inf)
     for d in range(tid, d_, ROW_THREADS):
-        m = nan_max(m, x[o, d, i])
+        m = nan_max(m, widen(x[o, d, i]))
     red_max[tid] = m
     cuda.syncthreads()
     step = ROW_THREADS // 2
@@ -119,20 +123,20 @@ def _softmax_block(out, x, log):
     m = red_max[0]
     s = 0.0
     for d in range(tid, d_, ROW_THREADS):
-        s += math.exp(x[o, d, i] - m)
+        s += math.exp(widen(x[o, d, i]) - m)
     red_sum[tid] = s
     block_sum(red_sum, tid, ROW_THREADS)
     total = red_sum[0]
     if log:
         ls = math.log(total)
         for d in range(tid, d_, ROW_THREADS):
-            out[o, d, i] = (x[o, d, i] - m) - ls
+            out[o, d, i] = (widen(x[o, d, i]) - m) - ls
     else:
         for d in range(tid, d_, ROW_THREADS):
-            out[o, d, i] = math.exp(x[o, d, i] - m) / total
+            out[o, d, i] = math.exp(widen(x[o, d, i]) - m) / total
 
 
-@_cuda.kernel("void({T}[:, :, ::1], {T}[:, :, ::1], boolean)")
+@_cuda.kernel("void({T}[:, :, ::1], {T}[:, :, ::1], boolean)", half=True)
 def _softmax_thread(out, x, log):
     """Softmax over axis 1 of (outer, D, inner) arrays, one thread per (outer, inner) row;
     neighbouring threads read neighbouring inner positions (coalesced when inner is large)."""
@@ -142,14 +146,14 @@ def _softmax_thread(out, x, log):
         return
     o = r // inner
     i = r - o * inner
-    m, s = max_sum_exp(x, o, i)
+    m, s = max_sum_exp(x, o, i)  # m is float32 for float16 data
     if log:
         ls = math.log(s)
         for d in range(d_):
-            out[o, d, i] = (x[o, d, i] - m) - ls
+            out[o, d, i] = (widen(x[o, d, i]) - m) - ls
     else:
         for d in range(d_):
-            out[o, d, i] = math.exp(x[o, d, i] - m) / s
+            out[o, d, i] = math.exp(widen(x[o, d, i]) - m) / s
 
 
 def softmax(out, x, log):

@@ -1,17 +1,17 @@
-"""Batch normalisation (inference form) on the GPU."""
+"""Batch normalisation on the GPU. The inference form takes float16 too, computed in float32."""
 
 import math
 
 import numpy as np
 
 from numbaconv import _cuda
-from numbaconv.cuda._common import THREADS, block_sum, blocks
+from numbaconv.cuda._common import THREADS, acc_dtype, block_sum, blocks, widen
 
 cuda = _cuda.cuda()
 
 
 @_cuda.kernel("void({T}[:, :, ::1], {T}[:, :, ::1], {T}[::1], {T}[::1], {T}[::1], {T}[::1], "
-              "float64)")
+              "float64)", half=True)
 def _batch_norm(out, x, mean, var, weight, bias, eps):
     """out = (x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c]; one thread per element.
 
@@ -25,9 +25,11 @@ def _batch_norm(out, x, mean, var, weight, bias, eps):
     t = idx // s_
     c = t % c_
     n = t // c_
-    # The per-channel scale in the input's precision, as PyTorch: 1 / sqrt(var + eps).
-    inv = x.dtype.type(1) / math.sqrt(var[c] + x.dtype.type(eps))
-    out[n, c, s] = (x[n, c, s] - mean[c]) * inv * weight[c] + bias[c]
+    # The per-channel scale in the input's precision (float32 for float16), as PyTorch:
+    # 1 / sqrt(var + eps).
+    acc_t = acc_dtype(x.dtype)
+    inv = acc_t(1) / math.sqrt(widen(var[c]) + acc_t(eps))
+    out[n, c, s] = (widen(x[n, c, s]) - widen(mean[c])) * inv * widen(weight[c]) + widen(bias[c])
 
 
 def batch_norm(out, x, mean, var, weight, bias, eps):

@@ -1,7 +1,8 @@
 """Pooling on the GPU: max, average and their adaptive forms, with PyTorch's window rules.
 
 Every kernel runs one thread per output element over a 1-D grid in C order, so neighbouring
-threads read neighbouring windows of one (n, c) plane.
+threads read neighbouring windows of one (n, c) plane. The forward kernels take float16 too: max
+pooling selects (exact), average pooling sums in float32 and rounds once at the store.
 """
 
 import math
@@ -9,14 +10,15 @@ import math
 import numpy as np
 
 from numbaconv import _cuda
-from numbaconv.cuda._common import THREADS, adaptive_window, blocks, nan_max, unravel4
+from numbaconv.cuda._common import (THREADS, acc_dtype, adaptive_window, blocks, nan_max,
+                                    unravel4, widen)
 
 cuda = _cuda.cuda()
 
 _ARRAYS = "{T}[:, :, :, ::1], {T}[:, :, :, ::1]"
 
 
-@_cuda.kernel(f"void({_ARRAYS}, UniTuple(int64, 8))")
+@_cuda.kernel(f"void({_ARRAYS}, UniTuple(int64, 8))", half=True)
 def _max_pool2d(out, x, geom):
     """out (N, C, OH, OW), x (N, C, H, W);
     geom = (kernel h, kernel w, stride h, stride w, pad top, pad left, dilation h, dilation w).
@@ -30,7 +32,9 @@ def _max_pool2d(out, x, geom):
     n, c, oh, ow = unravel4(idx, c_, oh_, ow_)
     ih0 = oh * sh - ph
     iw0 = ow * sw - pw
-    m = x.dtype.type(-math.inf)  # the padding value
+    # float16 compares as float32 (native registers, no half-precision calls); the maximum is
+    # one of the inputs, so it converts back exactly.
+    m = acc_dtype(x.dtype)(-math.inf)  # the padding value
     for i in range(kh):
         ih = ih0 + i * dh
         if ih < 0 or ih >= h:
@@ -38,11 +42,11 @@ def _max_pool2d(out, x, geom):
         for j in range(kw):
             iw = iw0 + j * dw
             if iw >= 0 and iw < w:
-                m = nan_max(m, x[n, c, ih, iw])
+                m = nan_max(m, widen(x[n, c, ih, iw]))
     out[n, c, oh, ow] = m
 
 
-@_cuda.kernel(f"void({_ARRAYS}, UniTuple(int64, 6), boolean)")
+@_cuda.kernel(f"void({_ARRAYS}, UniTuple(int64, 6), boolean)", half=True)
 def _avg_pool2d(out, x, geom, count_include_pad):
     """out (N, C, OH, OW), x (N, C, H, W);
     geom = (kernel h, kernel w, stride h, stride w, pad top, pad left).
@@ -65,15 +69,16 @@ def _avg_pool2d(out, x, geom, count_include_pad):
     ws = max(ws, 0)
     he = min(he, h)
     we = min(we, w)
-    s = x.dtype.type(0)
+    acc_t = acc_dtype(x.dtype)  # float32 for float16 data
+    s = acc_t(0)
     for ih in range(hs, he):
         for iw in range(ws, we):
-            s += x[n, c, ih, iw]
+            s += widen(x[n, c, ih, iw])
     div = padded if count_include_pad else (he - hs) * (we - ws)
-    out[n, c, oh, ow] = s / x.dtype.type(div)
+    out[n, c, oh, ow] = s / acc_t(div)
 
 
-@_cuda.kernel(f"void({_ARRAYS})")
+@_cuda.kernel(f"void({_ARRAYS})", half=True)
 def _adaptive_avg_pool2d(out, x):
     """out (N, C, OH, OW), x (N, C, H, W): output (i, j) averages rows
     [floor(i*H/OH), ceil((i+1)*H/OH)) and the columns given by the same rule."""
@@ -85,14 +90,15 @@ def _adaptive_avg_pool2d(out, x):
     n, c, oh, ow = unravel4(idx, c_, oh_, ow_)
     hs, he = adaptive_window(oh, h, oh_)
     ws, we = adaptive_window(ow, w, ow_)
-    s = x.dtype.type(0)
+    acc_t = acc_dtype(x.dtype)  # float32 for float16 data
+    s = acc_t(0)
     for ih in range(hs, he):
         for iw in range(ws, we):
-            s += x[n, c, ih, iw]
-    out[n, c, oh, ow] = s / x.dtype.type((he - hs) * (we - ws))
+            s += widen(x[n, c, ih, iw])
+    out[n, c, oh, ow] = s / acc_t((he - hs) * (we - ws))
 
 
-@_cuda.kernel(f"void({_ARRAYS})")
+@_cuda.kernel(f"void({_ARRAYS})", half=True)
 def _adaptive_max_pool2d(out, x):
     """out (N, C, OH, OW), x (N, C, H, W): the windows of ``_adaptive_avg_pool2d``; NaN wins."""
     n_, c_, h, w = x.shape
@@ -103,10 +109,10 @@ def _adaptive_max_pool2d(out, x):
     n, c, oh, ow = unravel4(idx, c_, oh_, ow_)
     hs, he = adaptive_window(oh, h, oh_)
     ws, we = adaptive_window(ow, w, ow_)
-    m = x.dtype.type(-math.inf)
+    m = acc_dtype(x.dtype)(-math.inf)  # float16 compares as float32, as in _max_pool2d
     for ih in range(hs, he):
         for iw in range(ws, we):
-            m = nan_max(m, x[n, c, ih, iw])
+            m = nan_max(m, widen(x[n, c, ih, iw]))
     out[n, c, oh, ow] = m
 
 
