@@ -19,6 +19,7 @@ def main(argv=None):
         description="Sections: conv (ResNet-50, MobileNetV2, VGG-16 layers; GFLOP/s next to "
                     "PyTorch and the sgemm ceiling), scaling (dense conv at 1 thread vs all), "
                     "elementwise (pooling, activations, batch_norm; GB/s vs a measured copy), "
+                    "overhead (host time of one small call, batch 1, 8x8 image), "
                     "e2e (ResNet-18, MobileNetV2 inference through numbaconv.models, fused and "
                     "unfused, vs PyTorch eager), memory (peak memory of ResNet-18's eval forward "
                     "in fresh processes, vs PyTorch eager and a lower bound), startup (first "
@@ -28,8 +29,8 @@ def main(argv=None):
     bench.add_argument("--quick", action="store_true",
                        help="a few layers of each kind at batch 1, small elementwise tensors, "
                             "networks at batch 1, no empty-cache compile (under two minutes)")
-    bench.add_argument("--only", nargs="+", choices=("conv", "scaling", "elementwise", "e2e",
-                                                     "memory", "startup"),
+    bench.add_argument("--only", nargs="+", choices=("conv", "scaling", "elementwise", "overhead",
+                                                     "e2e", "memory", "startup"),
                        help="run only these sections (default: all)")
     bench.add_argument("--sets", nargs="+", choices=("resnet50", "mobilenetv2", "vgg16"),
                        help="conv layer sets (default: all)")

@@ -9,6 +9,8 @@ scaling      dense conv2d at 1 thread and at all threads (``numba.set_num_thread
              ``torch.set_num_threads`` likewise).
 elementwise  every pooling op, every activation and batch_norm in GB/s (bytes read + written),
              as a share of a measured bandwidth ceiling: a Numba parallel copy of the same size.
+overhead     host time per call of small ops (batch 1, 8 channels, 8x8 image) on inputs already
+             on the device, next to PyTorch's: on a GPU, the launch cost.
 e2e          ResNet-18 and MobileNetV2 inference through ``numbaconv.models``: the time of
              ``nn.fuse(model)(x)`` (BatchNorm folded, activations and residual adds in the conv
              epilogue; the path a user takes), next to the same network in PyTorch eager
@@ -102,7 +104,7 @@ _QUICK_NAMES = ("resnet50.3x3.56", "resnet50.3x3.14", "resnet50.3x3s2.28",
                 "resnet50.1x1.56.256-64", "resnet50.1x1.14.1024-256", "vgg16.3x3.28.512",
                 "mobilenetv2.dw3x3.56.144", "mobilenetv2.dw3x3.14.576")
 QUICK = [layer for s in SETS.values() for layer in s if layer[0] in _QUICK_NAMES]
-SECTIONS = ("conv", "scaling", "elementwise", "e2e", "memory", "startup")
+SECTIONS = ("conv", "scaling", "elementwise", "overhead", "e2e", "memory", "startup")
 
 CONV_RTOL = 1e-5  # sampled conv outputs, relative to |patch| * |filter| (float32)
 ELEMENTWISE_TOL = 1e-5  # |y - ref| / max(1, |ref|), float32
@@ -111,6 +113,9 @@ ALLOC_SLACK = 16 << 10  # Python objects of one call; more than this counts as a
 
 TARGETS = {"dense": 1.0, "depthwise": 2.0, "e2e": 1.0, "bandwidth_pct": 80.0, "scaling": 1.8,
            "first_call_s": 0.5, "cold_resnet18_s": 60.0}
+# The CUDA targets (issue 7) compare with cuDNN, TF32 off, at batch 32: dense conv over the
+# ResNet-50 set only, end to end on ResNet-18 only, and a small call's host time in microseconds.
+GPU_TARGETS = {"dense": 0.7, "depthwise": 1.0, "e2e": 0.5, "overhead_us": 20.0}
 
 
 class BenchCheckError(AssertionError):
@@ -159,6 +164,14 @@ def _torch():
     try:
         import torch
     except ImportError:
+        return None
+    return torch
+
+
+def _peer_torch(dev, with_torch=True):
+    """torch where it can run on ``dev`` (a CUDA build for 'cuda'), else None."""
+    torch = _torch() if with_torch else None
+    if torch is not None and dev == "cuda" and not torch.cuda.is_available():
         return None
     return torch
 
@@ -324,7 +337,7 @@ def run_conv(layers, batch, dtype=np.float32, with_torch=True, budget=0.5, track
     calls (PyTorch eager reorders its weights on every call).
     """
     dev = _device.get_device()
-    torch = _torch() if with_torch else None
+    torch = _peer_torch(dev, with_torch)
     sync = _sync_for(dev)
     rng = np.random.default_rng(0)
     rows = []
@@ -608,7 +621,7 @@ def run_elementwise(shape=(32, 64, 56, 56), dtype=np.float32, with_torch=True, b
     Returns (rows, best copy GB/s seen); the ceiling is None off the CPU.
     """
     dev = _device.get_device()
-    torch = _torch() if with_torch else None
+    torch = _peer_torch(dev, with_torch)
     sync = _sync_for(dev)
     rng = np.random.default_rng(1)
     c = shape[1]
@@ -684,6 +697,87 @@ def run_elementwise(shape=(32, 64, 56, 56), dtype=np.float32, with_torch=True, b
 
 
 # ---------------------------------------------------------------------------------------------
+# Host overhead of small calls
+# ---------------------------------------------------------------------------------------------
+
+OVERHEAD_CALLS = 200  # calls per timed round; the device is synchronised once per round
+# (name, numbaconv or torch.nn.functional call, float64 NumPy reference) on batch-1 8x8 inputs.
+_OVERHEAD_OPS = [
+    ("conv2d 3x3 8->8", lambda F, a: F.conv2d(a["x"], a["w"], a["b"], padding=1),
+     lambda a: _conv_ref(a["x"], a["w"], 1) + a["b"][None, :, None, None]),
+    ("relu", lambda F, a: F.relu(a["x"]), lambda a: np.maximum(a["x"], 0)),
+    ("max_pool2d 2x2", lambda F, a: F.max_pool2d(a["x"], 2),
+     lambda a: _pool_windows(a["x"], 2, 2, 0, -np.inf).max(axis=(-2, -1))),
+    ("linear 512->10", lambda F, a: F.linear(a["v"], a["lw"], a["lb"]),
+     lambda a: a["v"] @ a["lw"].T + a["lb"]),
+]
+
+
+def _conv_ref(x, w, pad):
+    """Direct float64 stride-1 convolution (small inputs only)."""
+    k = w.shape[2]
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh, ow = xp.shape[2] - k + 1, xp.shape[3] - k + 1
+    out = np.zeros((x.shape[0], w.shape[0], oh, ow))
+    for i in range(k):
+        for j in range(k):
+            out += np.einsum("nchw,oc->nohw", xp[:, :, i:i + oh, j:j + ow], w[:, :, i, j])
+    return out
+
+
+def run_overhead(with_torch=True, budget=0.5, calls=OVERHEAD_CALLS, progress=print):
+    """Host time per call of small ops (batch 1, 8 channels, 8x8 image; inputs already on the
+    current device), next to PyTorch's on the same device.
+
+    Each timed round makes ``calls`` calls and then synchronises the device once, so on a GPU a
+    round's time per call is the host's cost of a launch whenever that exceeds the kernel's run
+    time (a few microseconds here). Every op's result is checked first.
+    """
+    dev = _device.get_device()
+    torch = _peer_torch(dev, with_torch)
+    sync = _sync_for(dev)
+    rng = np.random.default_rng(5)
+    shapes = {"x": (1, 8, 8, 8), "w": (8, 8, 3, 3), "b": (8,), "v": (1, 512), "lw": (10, 512),
+              "lb": (10,)}
+    host = {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+    args = {k: _device.to_device(v, dev) for k, v in host.items()}
+    host64 = {k: v.astype(np.float64) for k, v in host.items()}
+    tdev = "cuda" if dev == "cuda" else "cpu"
+    targs = ({k: torch.from_numpy(v).to(tdev) for k, v in host.items()}
+             if torch is not None else None)
+    tsync = (torch.cuda.synchronize if dev == "cuda" else (lambda: None)) if torch else None
+    rows = []
+    for name, call, ref in _OVERHEAD_OPS:
+        want = ref(host64)
+        got = _device.to_numpy(call(F, args)).astype(np.float64)
+        err = float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
+        if not err < CONV_RTOL:
+            raise BenchCheckError(f"overhead {name}: differs from the float64 reference by "
+                                  f"{err:.2e} (> {CONV_RTOL:.0e}); not timed")
+
+        def nc_round(call=call):
+            for _ in range(calls):
+                call(F, args)
+            sync()
+        fns = {"numbaconv": nc_round}
+        if torch is not None:
+            def t_round(call=call):
+                with torch.no_grad():
+                    for _ in range(calls):
+                        call(torch.nn.functional, targs)
+                tsync()
+            fns["torch"] = t_round
+        timed = _time_rounds(fns, budget)
+        row = {"op": name, "device": dev, "calls": calls, "max_err": err}
+        for label, t in timed.items():
+            row[f"{label}_us"] = 1e3 * t["best_ms"] / calls
+        rows.append(row)
+        progress(f"{name:<30} {row['numbaconv_us']:8.1f} us per call"
+                 + (f" | torch {row['torch_us']:8.1f} us" if "torch_us" in row else ""))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
 # Networks end to end, through numbaconv.models (the builders are in numbaconv._benchnets)
 # ---------------------------------------------------------------------------------------------
 
@@ -702,7 +796,7 @@ def _logits_error(got, ref):
 def run_e2e(nets=NETS, batches=(1, 32), image=224, with_torch=True, budget=1.0, small=False,
             progress=print):
     """Images/s of each network's inference through ``numbaconv.models`` next to PyTorch eager
-    (CPU).
+    on the current device (a CUDA build of PyTorch on 'cuda').
 
     The model (eval, NumPy-seeded initialisation, BatchNorm statistics and affine parameters away
     from the identity) and its PyTorch twin share one state_dict. The timed numbaconv call is
@@ -711,24 +805,33 @@ def run_e2e(nets=NETS, batches=(1, 32), image=224, with_torch=True, budget=1.0, 
     PyTorch's (``E2E_RTOL``) before anything is timed; without PyTorch there is no reference
     and nothing is timed. ``small`` runs the cheap variants of :func:`numbaconv._benchnets.build`.
     """
-    torch = _torch() if with_torch else None
+    dev = _device.get_device()
+    torch = _peer_torch(dev, with_torch)
     if torch is None:
-        progress("e2e: skipped (needs PyTorch as the reference for the logits)")
+        progress(f"e2e: skipped (needs PyTorch on {dev} as the reference for the logits)")
         return []
+    sync = _sync_for(dev)
+    tdev = "cuda" if dev == "cuda" else "cpu"
+    tsync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    if dev == "cuda":  # the target compares with fp32 eager: no TF32 in cuDNN or cuBLAS
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     torch.set_num_threads(numba.get_num_threads())
     rows = []
     for net in nets:
         model = build(net, small)
-        tmodel = torch_net(torch, net, randomize_batchnorm(model), small)
+        tmodel = torch_net(torch, net, randomize_batchnorm(model), small).to(tdev)
+        model.to(dev)
         fused = nn.fuse(model)
         for batch in batches:
             x = np.random.default_rng(batch).standard_normal((batch, 3, image, image),
                                                              dtype=np.float32)
-            tx = torch.from_numpy(x)
+            tx = torch.from_numpy(x).to(tdev)
+            xd = _device.to_device(x, dev)
             with torch.no_grad():
-                ref = tmodel(tx).numpy()
-            errs = {"fused": _logits_error(_device.to_numpy(fused(x)), ref),
-                    "unfused": _logits_error(_device.to_numpy(model(x)), ref)}
+                ref = tmodel(tx).cpu().numpy()
+            errs = {"fused": _logits_error(_device.to_numpy(fused(xd)), ref),
+                    "unfused": _logits_error(_device.to_numpy(model(xd)), ref)}
             for which, err in errs.items():
                 if not err < E2E_RTOL:
                     raise BenchCheckError(
@@ -737,13 +840,24 @@ def run_e2e(nets=NETS, batches=(1, 32), image=224, with_torch=True, budget=1.0, 
 
             def t_call():
                 with torch.no_grad():
-                    return tmodel(tx)
-            timed = _time_rounds({"numbaconv": lambda: fused(x),
-                                  "numbaconv_unfused": lambda: model(x), "torch": t_call}, budget)
-            row = {"net": net, "batch": batch, "image": image, "threads": numba.get_num_threads(),
+                    y = tmodel(tx)
+                tsync()
+                return y
+
+            def synced(fn):
+                def call():
+                    y = fn(xd)
+                    sync()
+                    return y
+                return call
+            timed = _time_rounds({"numbaconv": synced(fused), "numbaconv_unfused": synced(model),
+                                  "torch": t_call}, budget)
+            row = {"net": net, "batch": batch, "image": image, "device": dev,
+                   "threads": numba.get_num_threads(),
                    "small": small, "path": _path(net, small),
                    "unfused_path": _path(net, small, fused=False),
-                   "torch_path": "torch.nn eager, eval, no_grad",
+                   "torch_path": "torch.nn eager, eval, no_grad"
+                   + (", fp32 (TF32 off)" if dev == "cuda" else ""),
                    "logits_rel_err": errs["fused"], "unfused_logits_rel_err": errs["unfused"]}
             for label, t in timed.items():
                 row[f"{label}_ms"] = t["best_ms"]
@@ -1033,38 +1147,60 @@ def _row(what, value, target, unit, detail="", higher=True):
 
 
 def summarize(result):
-    """Rows that match the issue's targets table, from whatever sections ``result`` holds."""
+    """Rows that match the issue's targets table, from whatever sections ``result`` holds.
+
+    On the CPU the peer is PyTorch (oneDNN) and the targets are :data:`TARGETS`; on CUDA it is
+    cuDNN with TF32 off, the targets are :data:`GPU_TARGETS` and hold at batch 32 (other batches
+    are reported without one).
+    """
     rows = []
+    gpu = result.get("device") == "cuda"
+    targets = GPU_TARGETS if gpu else TARGETS
+    peer = "cudnn" if gpu else "torch"
     conv = result.get("conv", [])
     batches = sorted({r["batch"] for r in conv})
-    peer = "torch"
+
+    def target(key, batch):
+        return targets[key] if not gpu or batch == 32 else None
+
+    dense_sets = ("resnet50",) if gpu else ("resnet50", "vgg16")
+    dense_what = "ResNet-50" if gpu else "ResNet-50 + VGG-16"
     for b in batches:
         dense = [r for r in conv if r["batch"] == b and r["kind"] == "dense"
-                 and r["set"] in ("resnet50", "vgg16") and f"{peer}_ms" in r]
+                 and r["set"] in dense_sets and f"{peer}_ms" in r]
         if dense:
             gm = _geomean([r[f"{peer}_ms"] / r["numbaconv_ms"] for r in dense])
-            rows.append(_row(f"dense conv2d, ResNet-50 + VGG-16, batch {b}: geomean torch/nc",
-                             gm, TARGETS["dense"], "x", f"{len(dense)} layers"))
+            rows.append(_row(f"dense conv2d, {dense_what}, batch {b}: geomean {peer}/nc",
+                             gm, target("dense", b), "x", f"{len(dense)} layers"))
     for b in batches:
         dw = [r for r in conv if r["batch"] == b and r["kind"] == "depthwise" and f"{peer}_ms" in r]
         if dw:
             gm = _geomean([r[f"{peer}_ms"] / r["numbaconv_ms"] for r in dw])
-            rows.append(_row(f"depthwise conv2d, MobileNetV2, batch {b}: geomean torch/nc", gm,
-                             TARGETS["depthwise"], "x", f"{len(dw)} layers"))
+            rows.append(_row(f"depthwise conv2d, MobileNetV2, batch {b}: geomean {peer}/nc", gm,
+                             target("depthwise", b), "x", f"{len(dw)} layers"))
     for b in batches:
         pw = [r for r in conv if r["batch"] == b and r["set"] == "mobilenetv2"
               and r["kind"] == "dense" and f"{peer}_ms" in r]
         if pw:
             gm = _geomean([r[f"{peer}_ms"] / r["numbaconv_ms"] for r in pw])
-            rows.append(_row(f"pointwise conv2d, MobileNetV2, batch {b}: geomean torch/nc", gm,
+            rows.append(_row(f"pointwise conv2d, MobileNetV2, batch {b}: geomean {peer}/nc", gm,
                              None, "x", f"{len(pw)} layers (no target)"))
     for r in result.get("e2e", []):
         unfused = r.get("numbaconv_unfused_images_per_s")
+        goal = target("e2e", r["batch"]) if not gpu or r["net"] == "resnet18" else None
         rows.append(_row(f"{r['net']} inference, batch {r['batch']}: torch/nc time",
-                         r["torch_over_numbaconv"], TARGETS["e2e"], "x",
+                         r["torch_over_numbaconv"], goal, "x",
                          f"{r['numbaconv_images_per_s']:.1f} vs {r['torch_images_per_s']:.1f} "
                          f"img/s, image {r['image']}; {r.get('path', 'functional calls')}"
                          + (f"; unfused {unfused:.1f} img/s" if unfused else "")))
+    over = result.get("overhead", [])
+    if over:
+        worst = max(over, key=lambda r: r["numbaconv_us"])
+        rows.append(_row("host time of one small op call (batch 1, 8x8 image): worst op", worst[
+            "numbaconv_us"], GPU_TARGETS["overhead_us"] if gpu else None, "us",
+            f"{worst['op']}; " + ", ".join(f"{r['op'].split()[0]} {r['numbaconv_us']:.1f}"
+                                           for r in over)
+            + ("" if gpu else " (no CPU target)"), higher=False))
     for r in result.get("memory", []):
         if "traced_peak_bytes" not in r or not r["impl"].startswith("numbaconv nn.fuse"):
             continue
@@ -1125,7 +1261,7 @@ def summarize(result):
 # Rows of a section are merged with an earlier run's by these keys (a new row replaces an old).
 _KEYS = {"conv": ("layer", "batch", "dtype", "device"), "scaling": ("layer", "batch"),
          "elementwise": ("op", "shape", "dtype", "device"), "e2e": ("net", "batch", "image"),
-         "memory": ("net", "batch", "image", "impl")}
+         "memory": ("net", "batch", "image", "impl"), "overhead": ("op", "device")}
 
 
 def merge_results(old, new):
@@ -1154,6 +1290,8 @@ def _fmt(v, unit):
         return f"{v:.2f} s"
     if unit == "%":
         return f"{v:.1f}%"
+    if unit == "us":
+        return f"{v:.1f} µs"
     return f"{v:.2f}{unit}"
 
 
@@ -1219,6 +1357,15 @@ def to_markdown(result):
             cg = f"{r['ceiling_gbs']:.1f}" if "ceiling_gbs" in r else "-"
             lines.append(f"| {r['op']} | {'x'.join(map(str, r['shape']))} | "
                          f"{r['numbaconv_gbs']:.1f} | {pct} | {tg} | {cg} |")
+        lines.append("")
+    if result.get("overhead"):
+        lines += ["## Host time of small calls (batch 1, 8 channels, 8x8 image)", "",
+                  f"Each round makes {result['overhead'][0]['calls']} calls on inputs already on "
+                  "the device, then synchronises once.", "",
+                  "| op | numbaconv µs per call | torch µs per call |", "| --- | --- | --- |"]
+        for r in result["overhead"]:
+            tu = f"{r['torch_us']:.1f}" if "torch_us" in r else "-"
+            lines.append(f"| {r['op']} | {r['numbaconv_us']:.1f} | {tu} |")
         lines.append("")
     if result.get("e2e"):
         paths = sorted({r.get("path", "functional calls") for r in result["e2e"]})
@@ -1372,7 +1519,7 @@ def main(quick=False, sets=None, batches=None, only=None, nets=None, elementwise
         torch.set_num_threads(numba.get_num_threads())
     sections = list(only or SECTIONS)
     if dev != "cpu":
-        skipped = [s for s in sections if s in ("scaling", "e2e", "memory", "startup")]
+        skipped = [s for s in sections if s in ("scaling", "memory", "startup")]
         if skipped:
             print(f"note: {', '.join(skipped)} run on the CPU only; skipped on {dev}")
         sections = [s for s in sections if s not in skipped]
@@ -1391,7 +1538,8 @@ def main(quick=False, sets=None, batches=None, only=None, nets=None, elementwise
     shape = tuple(elementwise_shape or ((4, 64, 56, 56) if quick else (32, 64, 56, 56)))
     cold = not quick or bool(only)
     steps = {"conv": len(layers) * len(batches), "scaling": len(dense),
-             "elementwise": len(_ELEMENTWISE) + (dev == "cpu"), "e2e": len(nets) * len(batches),
+             "elementwise": len(_ELEMENTWISE) + (dev == "cpu"), "overhead": len(_OVERHEAD_OPS),
+             "e2e": len(nets) * len(batches),
              "memory": len(mem_nets) * len(batches) * (2 + (torch is not None)),
              "startup": 1 + cold}
     bar = Progress(sum(steps[s] for s in sections), "bench")
@@ -1421,6 +1569,8 @@ def main(quick=False, sets=None, batches=None, only=None, nets=None, elementwise
     if "elementwise" in sections:
         result["elementwise"], result["bandwidth_ceiling_gbs"] = run_elementwise(
             shape, with_torch=with_torch, budget=budget, progress=bar.log)
+    if "overhead" in sections:
+        result["overhead"] = run_overhead(with_torch=with_torch, budget=budget, progress=bar.log)
     if "e2e" in sections:
         result["e2e"] = run_e2e(nets, batches, with_torch=with_torch, budget=max(budget, 0.5),
                                 progress=bar.log)

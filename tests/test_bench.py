@@ -209,6 +209,59 @@ def test_e2e_results_written(tmp_path, e2e_rows):
         assert not (tmp_path / "cpu.png").exists()
 
 
+def test_overhead_rows(tmp_path):
+    rows = bench.run_overhead(with_torch=WITH_TORCH, budget=BUDGET, calls=3, progress=_quiet)
+    assert [r["op"].split()[0] for r in rows] == ["conv2d", "relu", "max_pool2d", "linear"]
+    for r in rows:
+        assert r["max_err"] < bench.CONV_RTOL and r["numbaconv_us"] > 0 and r["calls"] == 3
+        assert ("torch_us" in r) == WITH_TORCH
+    result = {"machine": bench.machine(torch), "device": "cpu", "overhead": rows,
+              "runs": [{"when": "t0", "args": "overhead", "sections": ["overhead"]}]}
+    saved = bench.write_results(result, str(tmp_path), "cpu")
+    (row,) = [r for r in saved["summary"] if "small op call" in r["what"]]
+    assert row["target"] is None and row["value"] == max(r["numbaconv_us"] for r in rows)
+    assert "## Host time of small calls" in (tmp_path / "cpu.md").read_text()
+
+
+@pytest.mark.parametrize("op", ["conv2d", "relu", "max_pool2d", "linear"])
+def test_overhead_check_refuses_a_wrong_result(monkeypatch, op):
+    right = getattr(F, op)
+    monkeypatch.setattr(F, op, lambda *a, **k: right(*a, **k) * 1.001)
+    with pytest.raises(bench.BenchCheckError, match=op):
+        bench.run_overhead(with_torch=False, budget=BUDGET, calls=1, progress=_quiet)
+
+
+def _conv_row(layer, batch, nc_ms, cudnn_ms):
+    name, c, oc, hw, k, s, p, g = layer
+    return {"layer": name, "set": name.split(".")[0], "kind": bench.layer_kind(layer),
+            "batch": batch, "numbaconv_ms": nc_ms, "cudnn_ms": cudnn_ms}
+
+
+def test_gpu_summary_uses_cudnn_and_the_gpu_targets():
+    # Rows as a CUDA run writes them: the peer is cuDNN with TF32 off, the targets (issue 7)
+    # hold at batch 32 only, dense conv counts the ResNet-50 set alone.
+    res50 = bench.SETS["resnet50"][1]
+    vgg = bench.SETS["vgg16"][1]
+    dw = bench.SETS["mobilenetv2"][0]
+    conv = [_conv_row(res50, 32, 2.0, 1.0), _conv_row(vgg, 32, 1.0, 100.0),
+            _conv_row(dw, 32, 1.0, 1.5), _conv_row(res50, 1, 1.0, 1.0)]
+    over = [{"op": "relu", "device": "cuda", "calls": 10, "numbaconv_us": 25.0}]
+    e2e = [{"net": "resnet18", "batch": 32, "image": 224, "torch_over_numbaconv": 0.6,
+            "numbaconv_images_per_s": 600.0, "torch_images_per_s": 1000.0}]
+    rows = {r["what"]: r for r in bench.summarize(
+        {"device": "cuda", "conv": conv, "overhead": over, "e2e": e2e})}
+    dense32 = rows["dense conv2d, ResNet-50, batch 32: geomean cudnn/nc"]
+    assert dense32["value"] == pytest.approx(0.5) and dense32["target"] == 0.7
+    assert dense32["holds"] is False
+    assert rows["dense conv2d, ResNet-50, batch 1: geomean cudnn/nc"]["target"] is None
+    depth = rows["depthwise conv2d, MobileNetV2, batch 32: geomean cudnn/nc"]
+    assert depth["value"] == pytest.approx(1.5) and depth["holds"] is True
+    e2e_row = rows["resnet18 inference, batch 32: torch/nc time"]
+    assert e2e_row["target"] == 0.5 and e2e_row["holds"] is True
+    (small,) = [r for w, r in rows.items() if "small op call" in w]
+    assert small["target"] == 20.0 and small["holds"] is False
+
+
 def test_plot_without_matplotlib(monkeypatch, tmp_path, capsys):
     import builtins
 
