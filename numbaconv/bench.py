@@ -126,10 +126,11 @@ class BenchCheckError(AssertionError):
 # Timing, machine, ceilings
 # ---------------------------------------------------------------------------------------------
 
-def _time_rounds(fns, budget=0.5, min_runs=3, max_runs=50):
+def _time_rounds(fns, budget=0.5, min_runs=3, max_runs=50, before=None):
     """Time each of ``fns`` ({label: callable}) in alternating rounds after one warm-up call each.
 
-    Stops after ``min_runs`` rounds once ``budget`` seconds per function have passed. Returns
+    Stops after ``min_runs`` rounds once ``budget`` seconds per function have passed. ``before``,
+    if given, runs untimed before every timed call (a cache flush). Returns
     {label: {"best_ms", "median_ms", "runs"}}.
     """
     for fn in fns.values():
@@ -140,6 +141,8 @@ def _time_rounds(fns, budget=0.5, min_runs=3, max_runs=50):
     while rounds < min_runs or (time.perf_counter() - start < budget * len(fns)
                                 and rounds < max_runs):
         for label, fn in fns.items():
+            if before is not None:
+                before()
             t0 = time.perf_counter()
             fn()
             times[label].append(time.perf_counter() - t0)
@@ -543,10 +546,35 @@ def _copy_fn(nbytes):
     return (lambda: _copy_kernel(dst, src, COPY_CHUNK)), 2 * src.nbytes
 
 
-def bandwidth_ceiling(nbytes, budget=0.5):
-    """GB/s (bytes read + written) of a Numba parallel copy of ``nbytes`` bytes of float32."""
-    fn, moved = _copy_fn(nbytes)
-    return moved / _time_rounds({"copy": fn}, budget)["copy"]["best_ms"] / 1e6
+def last_level_cache_bytes():
+    """The largest CPU cache's size from Linux's sysfs, or None where it cannot be read."""
+    sizes = []
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        try:
+            with open(os.path.join(base, entry, "size")) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes) if sizes else None
+
+
+FLUSH_MIN_BYTES = 256 << 20  # when the cache size is unknown, or small
+
+
+def cache_flush(nbytes=None):
+    """An untimed step that leaves the CPU caches without the benchmark's arrays: a parallel copy
+    whose source and destination together are twice the last-level cache (at least
+    FLUSH_MIN_BYTES). Returns (the callable, the bytes it streams)."""
+    llc = last_level_cache_bytes() or 0
+    total = nbytes or max(2 * llc, FLUSH_MIN_BYTES)
+    src = np.ones(max(1, total // 8), np.float32)
+    dst = np.empty_like(src)
+    return (lambda: _copy_kernel(dst, src, COPY_CHUNK)), 2 * src.nbytes
 
 
 def _pool_windows(x, k, s, p, fill):
@@ -614,9 +642,14 @@ def _elementwise_error(name, y, x64, ref, sampled, args, rng):
 
 
 def run_elementwise(shape=(32, 64, 56, 56), dtype=np.float32, with_torch=True, budget=0.5,
-                    ops=None, progress=print):
+                    ops=None, progress=print, flush_bytes=None):
     """Check, then time the memory-bound ops (every activation, pooling op, batch_norm) on
     ``shape``: GB/s of bytes read + written, and the share of a copy's GB/s at that size.
+
+    On the CPU every timed call (numbaconv, PyTorch and the copy alike) starts with the caches
+    flushed (:func:`cache_flush`, ``flush_bytes`` streamed, untimed), so each reads its input
+    from memory: a last-level cache can be larger than the tensors (480 MiB on our machine), and
+    whether an op's input was still cached then depended on what ran before it, not on the op.
 
     Returns (rows, best copy GB/s seen); the ceiling is None off the CPU.
     """
@@ -635,6 +668,7 @@ def run_elementwise(shape=(32, 64, 56, 56), dtype=np.float32, with_torch=True, b
     x64 = host["x"].astype(np.float64)
     # The copy runs in the rounds of every op, so that it sees the load the ops see.
     copy, copy_bytes = _copy_fn(host["x"].nbytes) if dev == "cpu" else (None, 0)
+    flush, flushed = cache_flush(flush_bytes) if dev == "cpu" else (None, 0)
     ceiling = None
     targs = ({k: torch.from_numpy(v).to("cuda" if dev == "cuda" else "cpu")
               for k, v in host.items()} if torch is not None else None)
@@ -667,9 +701,9 @@ def run_elementwise(shape=(32, 64, 56, 56), dtype=np.float32, with_torch=True, b
             fns["torch"] = t_call
         if copy is not None:
             fns["copy"] = copy
-        timed = _time_rounds(fns, budget)
+        timed = _time_rounds(fns, budget, before=flush)
         row = {"op": name, "shape": list(shape), "dtype": np.dtype(dtype).name, "device": dev,
-               "bytes": moved, "max_err": err}
+               "bytes": moved, "max_err": err, "flushed_bytes": flushed}
         for label in ("numbaconv", "torch"):
             if label in timed:
                 row[f"{label}_ms"] = timed[label]["best_ms"]
@@ -1348,8 +1382,13 @@ def to_markdown(result):
                          f"{r[f'numbaconv_{n}t_ms']:.2f} | {r['numbaconv_speedup']:.2f} | {ts} |")
         lines.append("")
     if result.get("elementwise"):
-        lines += ["## Memory-bound ops (bytes read + written)", "",
-                  "| op | shape | numbaconv GB/s | % of copy | torch GB/s | copy GB/s |",
+        flushed = max(r.get("flushed_bytes", 0) for r in result["elementwise"])
+        lines += ["## Memory-bound ops (bytes read + written)", ""]
+        if flushed:
+            lines += [f"Every timed call (numbaconv, torch and the copy) starts with the caches "
+                      f"flushed: an untimed parallel copy streaming {_mib(flushed):.0f} MiB, twice "
+                      "the last-level cache, so each op reads its input from memory.", ""]
+        lines += ["| op | shape | numbaconv GB/s | % of copy | torch GB/s | copy GB/s |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for r in result["elementwise"]:
             pct = f"{r['pct_of_ceiling']:.0f}%" if "pct_of_ceiling" in r else "-"
