@@ -15,6 +15,7 @@ where the argument was None or has no gradient (class-index targets). For a loss
 """
 
 import functools
+import math
 import numbers
 
 import numpy as np
@@ -624,7 +625,7 @@ def _elementwise(op, input, act, alpha=0.0):
     call = _Call(op, input=input)
     dtype = call.float_dtype("input", half=True)
     shape = tuple(call["input"].shape)
-    size = int(np.prod(shape))
+    size = int(math.prod(shape))
     out = call.empty(shape, dtype)
     if size:
         _backend(call.device).activation(out.reshape((size,)),
@@ -695,7 +696,7 @@ def _add(a, b, activation=None):
         raise ValueError(f"add(): the shapes differ, {shape} and {tuple(call['b'].shape)}; "
                          "broadcasting is not supported")
     act, alpha = _activation("add", activation)
-    size = int(np.prod(shape))
+    size = int(math.prod(shape))
     out = call.empty(shape, dtype)
     if size:
         _backend(call.device).add(out.reshape((size,)), call.ready("a").reshape((size,)),
@@ -709,7 +710,7 @@ def _accumulate(out, x):
     if tuple(out.shape) != tuple(x.shape) or np.dtype(out.dtype) != np.dtype(x.dtype):
         raise ValueError(f"accumulate(): cannot add a {x.dtype} array of shape "
                          f"{tuple(x.shape)} into a {out.dtype} array of shape {tuple(out.shape)}")
-    size = int(np.prod(tuple(out.shape)))
+    size = int(math.prod(tuple(out.shape)))
     if not size:
         return
     if isinstance(out, np.ndarray):
@@ -793,7 +794,7 @@ def linear(input, weight, bias=None):
         if tuple(call["bias"].shape) != (m,):
             raise ValueError(f"linear(): bias of shape {tuple(call['bias'].shape)} does not match "
                              f"weight of shape {ws}; expected ({m},)")
-    rows = int(np.prod(xs[:-1]))
+    rows = int(math.prod(xs[:-1]))
     out = call.empty((rows, m), dtype)
     if out.size:
         b = call.ready("bias")
@@ -809,8 +810,8 @@ def _softmax(op, input, dim, log):
     shape = tuple(call["input"].shape)
     dim = _dim(op, dim, len(shape))
     full = shape if shape else (1,)
-    outer = int(np.prod(full[:dim]))
-    inner = int(np.prod(full[dim + 1:]))
+    outer = int(math.prod(full[:dim]))
+    inner = int(math.prod(full[dim + 1:]))
     out = call.empty(shape, dtype)
     if out.size:
         d3 = (outer, full[dim], inner)
@@ -881,7 +882,7 @@ def _reduce(call, per_item, dtype, reduction, count):
     if reduction == "none":
         return call.finish(per_item)
     out = call.empty((1,), dtype)
-    size = int(np.prod(per_item.shape))
+    size = int(math.prod(per_item.shape))
     if reduction == "mean" and count == 0:
         scale = float("nan")  # mean of nothing, as torch
     else:
@@ -922,7 +923,7 @@ def cross_entropy(input, target, reduction="mean"):
     ts = tuple(call["target"].shape)
     batched = len(xs) > 1
     n, c, rest = (xs[0], xs[1], xs[2:]) if batched else (1, xs[0], ())
-    s = int(np.prod(rest))
+    s = int(math.prod(rest))
     tdtype = call["target"].dtype
     prob = np.issubdtype(tdtype, np.floating)
     if prob:
@@ -976,7 +977,7 @@ def mse_loss(input, target, reduction="mean"):
     if tuple(call["target"].shape) != shape:
         raise ValueError(f"mse_loss(): target shape {tuple(call['target'].shape)} differs from "
                          f"input shape {shape}; they must be equal (no broadcasting)")
-    size = int(np.prod(shape))
+    size = int(math.prod(shape))
     per_item = call.empty(shape, dtype)
     if size:
         _backend(call.device).squared_error(per_item.reshape((size,)),
@@ -1056,7 +1057,7 @@ def linear_backward(grad_output, input, weight, bias=None):
                  weight=weight, bias=bias)
     dtype, xs, ws, m, k, vector_weight = _linear_args(call)
     _check_grad_output(call, xs[:-1] + (() if vector_weight else (m,)), dtype, "linear")
-    rows = int(np.prod(xs[:-1]))
+    rows = int(math.prod(xs[:-1]))
     gx = call.empty((rows, k), dtype)
     gw = call.empty((m, k), dtype)
     gb = call.empty((m,), dtype) if call["bias"] is not None else None
@@ -1074,7 +1075,7 @@ def _softmax_backward(op, forward, grad_output, input, dim, log):
     dim = _dim(op, dim, len(shape))
     _check_grad_output(call, shape, dtype, forward)
     full = shape if shape else (1,)
-    d3 = (int(np.prod(full[:dim])), full[dim], int(np.prod(full[dim + 1:])))
+    d3 = (int(math.prod(full[:dim])), full[dim], int(math.prod(full[dim + 1:])))
     gx = call.empty(shape, dtype)
     if gx.size:
         _backend(call.device).softmax_backward(
@@ -1110,7 +1111,7 @@ def _cross_entropy_args(call):
     ts = tuple(call["target"].shape)
     batched = len(xs) > 1
     n, c, rest = (xs[0], xs[1], xs[2:]) if batched else (1, xs[0], ())
-    s = int(np.prod(rest))
+    s = int(math.prod(rest))
     tdtype = call["target"].dtype
     prob = np.issubdtype(tdtype, np.floating)
     host_t = None
@@ -1212,7 +1213,7 @@ def mse_loss_backward(grad_output, input, target, reduction="mean"):
     if tuple(call["target"].shape) != shape:
         raise ValueError(f"{op}(): target shape {tuple(call['target'].shape)} differs from "
                          f"input shape {shape}; they must be equal (no broadcasting)")
-    size = int(np.prod(shape))
+    size = int(math.prod(shape))
     if per_item:
         _check_grad_output(call, shape, dtype, "mse_loss")
         scale = 2.0
@@ -1519,7 +1520,7 @@ def _elementwise_backward(op, forward, grad_output, input, act, alpha=0.0):
     dtype = call.float_dtype("input")
     shape = tuple(call["input"].shape)
     _check_grad_output(call, shape, dtype, forward)
-    size = int(np.prod(shape))
+    size = int(math.prod(shape))
     gx = call.empty(shape, dtype)
     if size:
         _backend(call.device).activation_backward(
@@ -1604,7 +1605,7 @@ def _batch_norm_args(call, training, momentum, eps, half=False):
                              f"{c} channels, got {tuple(a.shape)}")
     if not isinstance(eps, numbers.Real) or eps < 0:
         raise ValueError(f"{op}(): eps must be a non-negative number, got {eps!r}")
-    n, s = shape[0], int(np.prod(shape[2:]))
+    n, s = shape[0], int(math.prod(shape[2:]))
     if training:
         if (call["running_mean"] is None) != (call["running_var"] is None):
             raise ValueError(f"{op}(): pass both running_mean and running_var, or neither "
@@ -1759,7 +1760,7 @@ def dropout(input, p=0.5, training=True, inplace=False, *, return_mask=False):
     if not training or p == 0:
         return (input, None) if return_mask else input
     shape = tuple(call["input"].shape)
-    size = int(np.prod(shape))
+    size = int(math.prod(shape))
     host_mask = np.random.random_sample(shape) >= p
     out = call.empty(shape, dtype)
     mask = host_mask if call.device == "cpu" else _cuda.to_device(host_mask)
@@ -1802,7 +1803,7 @@ def dropout_backward(grad_output, input, p=0.5, training=True, inplace=False, *,
     if tuple(call["mask"].shape) != shape:
         raise ValueError(f"{op}(): mask has shape {tuple(call['mask'].shape)} but the input has "
                          f"shape {shape}; they must be equal")
-    size = int(np.prod(shape))
+    size = int(math.prod(shape))
     gx = call.empty(shape, dtype)
     if size:
         _backend(call.device).dropout(
