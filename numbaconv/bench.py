@@ -126,11 +126,16 @@ class BenchCheckError(AssertionError):
 # Timing, machine, ceilings
 # ---------------------------------------------------------------------------------------------
 
+def _call(fn):
+    fn()
+
+
 def _time_rounds(fns, budget=0.5, min_runs=3, max_runs=50, before=None):
     """Time each of ``fns`` ({label: callable}) in alternating rounds after one warm-up call each.
 
     Stops after ``min_runs`` rounds once ``budget`` seconds per function have passed. ``before``,
-    if given, runs untimed before every timed call (a cache flush). Returns
+    if given, is called untimed with each function just before its timed call (e.g. to run it
+    once more, so that its data is where its own last call left it). Returns
     {label: {"best_ms", "median_ms", "runs"}}.
     """
     for fn in fns.values():
@@ -142,7 +147,7 @@ def _time_rounds(fns, budget=0.5, min_runs=3, max_runs=50, before=None):
                                 and rounds < max_runs):
         for label, fn in fns.items():
             if before is not None:
-                before()
+                before(fn)
             t0 = time.perf_counter()
             fn()
             times[label].append(time.perf_counter() - t0)
@@ -546,37 +551,6 @@ def _copy_fn(nbytes):
     return (lambda: _copy_kernel(dst, src, COPY_CHUNK)), 2 * src.nbytes
 
 
-def last_level_cache_bytes():
-    """The largest CPU cache's size from Linux's sysfs, or None where it cannot be read."""
-    sizes = []
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-        try:
-            with open(os.path.join(base, entry, "size")) as f:
-                text = f.read().strip()
-        except OSError:
-            continue
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        digits = text.rstrip("KMG")
-        if digits.isdigit():
-            sizes.append(int(digits) * scale)
-    return max(sizes) if sizes else None
-
-
-FLUSH_MIN_BYTES = 256 << 20  # when the cache size is unknown, or small
-
-
-def cache_flush(nbytes=None):
-    """An untimed step that leaves the CPU caches without the benchmark's arrays: a parallel copy
-    whose source and destination together are twice the last-level cache (at least
-    FLUSH_MIN_BYTES). Returns (the callable, the bytes it streams)."""
-    llc = last_level_cache_bytes() or 0
-    total = nbytes or max(2 * llc, FLUSH_MIN_BYTES)
-    src = np.ones(max(1, total // 8), np.float32)
-    dst = np.empty_like(src)
-    return (lambda: _copy_kernel(dst, src, COPY_CHUNK)), 2 * src.nbytes
-
-
 def _pool_windows(x, k, s, p, fill):
     xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=fill)
     return np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::s, ::s]
@@ -642,14 +616,16 @@ def _elementwise_error(name, y, x64, ref, sampled, args, rng):
 
 
 def run_elementwise(shape=(32, 64, 56, 56), dtype=np.float32, with_torch=True, budget=0.5,
-                    ops=None, progress=print, flush_bytes=None):
+                    ops=None, progress=print):
     """Check, then time the memory-bound ops (every activation, pooling op, batch_norm) on
     ``shape``: GB/s of bytes read + written, and the share of a copy's GB/s at that size.
 
-    On the CPU every timed call (numbaconv, PyTorch and the copy alike) starts with the caches
-    flushed (:func:`cache_flush`, ``flush_bytes`` streamed, untimed), so each reads its input
-    from memory: a last-level cache can be larger than the tensors (480 MiB on our machine), and
-    whether an op's input was still cached then depended on what ran before it, not on the op.
+    Every timed call (numbaconv, PyTorch and the copy alike) comes right after an untimed call of
+    the same function, so its data is where its own last call left it: in cache when it fits
+    (the last-level cache here is 480 MiB), as an op's input is when the layer before it has just
+    written it. Timed in plain alternation, an op's input was cached or not depending on what ran
+    before it (PyTorch's 20 ms max pooling, say), which moved max_pool2d between 72% and 99% of
+    the copy.
 
     Returns (rows, best copy GB/s seen); the ceiling is None off the CPU.
     """
@@ -668,7 +644,6 @@ def run_elementwise(shape=(32, 64, 56, 56), dtype=np.float32, with_torch=True, b
     x64 = host["x"].astype(np.float64)
     # The copy runs in the rounds of every op, so that it sees the load the ops see.
     copy, copy_bytes = _copy_fn(host["x"].nbytes) if dev == "cpu" else (None, 0)
-    flush, flushed = cache_flush(flush_bytes) if dev == "cpu" else (None, 0)
     ceiling = None
     targs = ({k: torch.from_numpy(v).to("cuda" if dev == "cuda" else "cpu")
               for k, v in host.items()} if torch is not None else None)
@@ -701,9 +676,9 @@ def run_elementwise(shape=(32, 64, 56, 56), dtype=np.float32, with_torch=True, b
             fns["torch"] = t_call
         if copy is not None:
             fns["copy"] = copy
-        timed = _time_rounds(fns, budget, before=flush)
+        timed = _time_rounds(fns, budget, before=_call)
         row = {"op": name, "shape": list(shape), "dtype": np.dtype(dtype).name, "device": dev,
-               "bytes": moved, "max_err": err, "flushed_bytes": flushed}
+               "bytes": moved, "max_err": err, "timed": "second of two calls"}
         for label in ("numbaconv", "torch"):
             if label in timed:
                 row[f"{label}_ms"] = timed[label]["best_ms"]
@@ -1382,12 +1357,11 @@ def to_markdown(result):
                          f"{r[f'numbaconv_{n}t_ms']:.2f} | {r['numbaconv_speedup']:.2f} | {ts} |")
         lines.append("")
     if result.get("elementwise"):
-        flushed = max(r.get("flushed_bytes", 0) for r in result["elementwise"])
         lines += ["## Memory-bound ops (bytes read + written)", ""]
-        if flushed:
-            lines += [f"Every timed call (numbaconv, torch and the copy) starts with the caches "
-                      f"flushed: an untimed parallel copy streaming {_mib(flushed):.0f} MiB, twice "
-                      "the last-level cache, so each op reads its input from memory.", ""]
+        if any(r.get("timed") == "second of two calls" for r in result["elementwise"]):
+            lines += ["Each timed call (numbaconv, torch and the copy) follows an untimed call of "
+                      "the same function, so its data is where its own last call left it (in "
+                      "cache when it fits, as after the layer that wrote it).", ""]
         lines += ["| op | shape | numbaconv GB/s | % of copy | torch GB/s | copy GB/s |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for r in result["elementwise"]:

@@ -19,7 +19,6 @@ WITH_TORCH = torch is not None
 TINY = [("resnet50.tiny3x3", 4, 8, 9, 3, 1, 1, 1), ("vgg16.tiny3x3s2", 3, 8, 10, 3, 2, 1, 1),
         ("mobilenetv2.tinydw", 8, 8, 9, 3, 1, 1, 8), ("mobilenetv2.tinypw", 8, 16, 7, 1, 1, 0, 1)]
 BUDGET = 0.005
-FLUSH = 1 << 20  # bytes the cache flush streams before each timed memory-bound call (tiny here)
 
 
 def _quiet(*args):
@@ -62,27 +61,28 @@ def test_scaling_rows():
 
 def test_elementwise_rows():
     rows, ceiling = bench.run_elementwise((1, 4, 8, 8), with_torch=WITH_TORCH, budget=BUDGET,
-                                          progress=_quiet, flush_bytes=FLUSH)
+                                          progress=_quiet)
     names = [r["op"].split()[0] for r in rows]
     assert set(names) == {"relu", "relu6", "leaky_relu", "sigmoid", "tanh", "silu", "gelu",
                           "gelu_tanh", "hardswish", "batch_norm", "max_pool2d", "avg_pool2d",
                           "adaptive_avg_pool2d", "adaptive_max_pool2d"}
     assert ceiling > 0
     for r in rows:
-        assert r["max_err"] < bench.ELEMENTWISE_TOL and r["flushed_bytes"] == FLUSH
+        assert r["max_err"] < bench.ELEMENTWISE_TOL and r["timed"] == "second of two calls"
         assert r["pct_of_ceiling"] == pytest.approx(100 * r["numbaconv_gbs"] / r["ceiling_gbs"])
         assert ("torch_gbs" in r) == WITH_TORCH
 
 
-def test_cache_flush_streams_twice_the_last_level_cache():
-    llc = bench.last_level_cache_bytes()
-    assert llc is None or llc > 0
-    flush, nbytes = bench.cache_flush()
-    assert nbytes >= max(2 * (llc or 0), bench.FLUSH_MIN_BYTES) - 16
-    flush()
-    small, n = bench.cache_flush(FLUSH)
-    assert n == FLUSH
-    small()
+def test_time_rounds_calls_before_with_each_function_before_timing_it():
+    calls = []
+
+    def before(fn):
+        calls.append("before")
+        fn()
+    res = bench._time_rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                             budget=0, min_runs=2, max_runs=2, before=before)
+    assert calls == ["a", "b"] + ["before", "a", "a", "before", "b", "b"] * 2
+    assert res["a"]["runs"] == res["b"]["runs"] == 2
 
 
 @pytest.mark.parametrize("op", ["relu", "max_pool2d", "batch_norm"])
@@ -91,7 +91,7 @@ def test_elementwise_check_refuses_a_wrong_result(monkeypatch, op):
     monkeypatch.setattr(F, op, lambda *a, **k: right(*a, **k) + 1e-3)
     with pytest.raises(bench.BenchCheckError, match=op):
         bench.run_elementwise((1, 4, 8, 8), with_torch=False, budget=BUDGET, ops=[op],
-                              progress=_quiet, flush_bytes=FLUSH)
+                              progress=_quiet)
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +169,7 @@ def test_results_files_summary_and_merge(tmp_path, conv_rows, memory_rows):
     for key in ("cpu", "cores", "threads", "simd_lanes_f32", "numba", "numpy", "llvmlite"):
         assert key in machine
     elementwise, ceiling = bench.run_elementwise((1, 4, 8, 8), with_torch=WITH_TORCH,
-                                                 budget=BUDGET, ops=["relu"], progress=_quiet,
-                                                 flush_bytes=FLUSH)
+                                                 budget=BUDGET, ops=["relu"], progress=_quiet)
     first = {"machine": machine, "device": "cpu", "sgemm_gflops": 100.0, "conv": conv_rows,
              "elementwise": elementwise, "bandwidth_ceiling_gbs": ceiling,
              "memory": memory_rows,
@@ -188,7 +187,7 @@ def test_results_files_summary_and_merge(tmp_path, conv_rows, memory_rows):
     assert mem["target"] is None and mem["holds"] is None and mem["value"] >= 1.0
     md = (tmp_path / "cpu.md").read_text()
     assert "## Targets" in md and "resnet50.tiny3x3" in md and "relu" in md
-    assert "starts with the caches flushed" in md
+    assert "follows an untimed call of the same function" in md
     assert "## Peak memory" in md and "numbaconv nn.fuse(model)" in md
     try:
         import matplotlib  # noqa: F401
