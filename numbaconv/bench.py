@@ -623,9 +623,8 @@ def run_elementwise(shape=(32, 64, 56, 56), dtype=np.float32, with_torch=True, b
     Every timed call (numbaconv, PyTorch and the copy alike) comes right after an untimed call of
     the same function, so its data is where its own last call left it: in cache when it fits
     (the last-level cache here is 480 MiB), as an op's input is when the layer before it has just
-    written it. Timed in plain alternation, an op's input was cached or not depending on what ran
-    before it (PyTorch's 20 ms max pooling, say), which moved max_pool2d between 72% and 99% of
-    the copy.
+    written it. numbaconv and the copy alternate; PyTorch is timed in rounds of its own after
+    them, because its slow pooling slowed whatever ran next (the copy too).
 
     Returns (rows, best copy GB/s seen); the ceiling is None off the CPU.
     """
@@ -665,7 +664,13 @@ def run_elementwise(shape=(32, 64, 56, 56), dtype=np.float32, with_torch=True, b
             return r
 
         fns = {"numbaconv": nc_call}
+        if copy is not None:
+            fns["copy"] = copy
+        timed = _time_rounds(fns, budget, before=_call)
         if torch is not None:
+            # PyTorch in rounds of its own: its slow pools (20-35 ms a call) left the calls after
+            # them slower, ours and the copy alike (max_pool2d's copy read 28.7 GB/s in those
+            # rounds, 53.5 in others), even with an untimed call in between.
             tsync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
             def t_call(call=call):
@@ -673,10 +678,7 @@ def run_elementwise(shape=(32, 64, 56, 56), dtype=np.float32, with_torch=True, b
                     r = call(torch.nn.functional, targs)
                 tsync()
                 return r
-            fns["torch"] = t_call
-        if copy is not None:
-            fns["copy"] = copy
-        timed = _time_rounds(fns, budget, before=_call)
+            timed.update(_time_rounds({"torch": t_call}, budget, before=_call))
         row = {"op": name, "shape": list(shape), "dtype": np.dtype(dtype).name, "device": dev,
                "bytes": moved, "max_err": err, "timed": "second of two calls"}
         for label in ("numbaconv", "torch"):
@@ -1361,7 +1363,8 @@ def to_markdown(result):
         if any(r.get("timed") == "second of two calls" for r in result["elementwise"]):
             lines += ["Each timed call (numbaconv, torch and the copy) follows an untimed call of "
                       "the same function, so its data is where its own last call left it (in "
-                      "cache when it fits, as after the layer that wrote it).", ""]
+                      "cache when it fits, as after the layer that wrote it); numbaconv and the "
+                      "copy alternate, torch is timed in rounds of its own.", ""]
         lines += ["| op | shape | numbaconv GB/s | % of copy | torch GB/s | copy GB/s |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for r in result["elementwise"]:
