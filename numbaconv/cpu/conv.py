@@ -325,7 +325,7 @@ def _pack_rows(wp, w3, tofs, swap):
 
 @kernel
 def _conv_rows(out, xs, wp, rtab, ppad, ntap, cin, tasks, soff, tpc, b, has_bias, res, has_res,
-               act, alpha):
+               act, alpha, accs):
     """Conv by the row microkernel.
 
     Parameters
@@ -340,6 +340,8 @@ def _conv_rows(out, xs, wp, rtab, ppad, ntap, cin, tasks, soff, tpc, b, has_bias
         soff[k] .. soff[k + 1].
     tpc : taps per reduction chunk (a chunk's panel stays in L2 while it sweeps the blocks).
     b, res : bias (OC,) and residual (shaped as out), used when has_bias / has_res.
+    accs : flat scratch of (workers = len(soff) - 1) * PBG * MR * NVMAX * lanes elements,
+        pooled by the caller (allocated inside the kernel, it cost an allocation every call).
     """
     n_, oc_, oh_, ow_ = out.shape
     lanes = simd.width(wp)
@@ -350,7 +352,7 @@ def _conv_rows(out, xs, wp, rtab, ppad, ntap, cin, tasks, soff, tpc, b, has_bias
     k_ = ntap * cin
     zero = out.dtype.type(0)
     for wk in prange(soff.shape[0] - 1):
-        acc = np.empty(PBG * MR * nr, dtype=out.dtype)
+        acc = accs[wk * PBG * MR * nr:(wk + 1) * PBG * MR * nr]
         for ti in range(soff[wk], soff[wk + 1]):
             jt = tasks[ti, 0]
             pb0 = tasks[ti, 1]
@@ -467,9 +469,10 @@ def rows_conv(out, xs, x_shape, wp, ntap, stride, roffs, coffs, b, residual, act
     # Chunks of taps whose panel share (one output-channel tile) stays within L2.
     tpc = max(1, (1 << 20) // (c_ * NVMAX * lanes * out.dtype.itemsize))
     has_bias, has_res = b is not None, residual is not None
-    _conv_rows(out, xs, wp, rtab, ppad, ntap, c_, tasks, soff, tpc,
-               b if has_bias else _NO_BIAS[out.dtype], has_bias,
-               residual if has_res else _NO_RES[out.dtype], has_res, act, alpha)
+    with POOL.buffer((soff.shape[0] - 1) * PBG * MR * NVMAX * lanes, out.dtype) as accs:
+        _conv_rows(out, xs, wp, rtab, ppad, ntap, c_, tasks, soff, tpc,
+                   b if has_bias else _NO_BIAS[out.dtype], has_bias,
+                   residual if has_res else _NO_RES[out.dtype], has_res, act, alpha, accs)
 
 
 def rows_conv2d(out, x, w, b, residual, stride, padding, dilation, act, alpha):
