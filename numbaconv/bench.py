@@ -313,8 +313,8 @@ def _sample_check(out, x, w, stride, pad, groups, rng, samples=64):
 
 
 def _steady_alloc(fn):
-    """Bytes NumPy allocates during one more call of ``fn`` beyond what it returns (tracemalloc:
-    arrays allocated inside Numba kernels are not seen)."""
+    """Bytes allocated during one more call of ``fn`` beyond what it returns (tracemalloc's peak:
+    NumPy arrays, and arrays made inside Numba kernels, which it sees too)."""
     was = tracemalloc.is_tracing()
     if not was:
         tracemalloc.start()
@@ -898,8 +898,8 @@ RSS_METHOD = ("peak resident set over the second forward minus the resident set 
               f"glibc MALLOC_MMAP_THRESHOLD_={_MEMORY_ENV['MALLOC_MMAP_THRESHOLD_']} so freed "
               "arrays leave the process)")
 TRACED_METHOD = ("input + peak of tracemalloc over the third forward (NumPy-side arrays made "
-                 "during it: activations, output, per-call scratch; allocations inside Numba "
-                 "kernels and pooled workspaces kept from earlier calls are not in it)")
+                 "during it, in NumPy or inside Numba kernels: activations, output, per-call "
+                 "scratch; pooled workspaces kept from earlier calls are not in it)")
 
 _MEMORY_CHILD = """
 import gc, json, sys, tracemalloc
@@ -1248,10 +1248,10 @@ def summarize(result):
     alloc = [r for r in conv if "steady_alloc_bytes" in r]
     if alloc:
         worst = max(alloc, key=lambda r: r["steady_alloc_bytes"])
-        rows.append(_row("conv2d steady-state allocation per call beyond the output (NumPy side)",
+        rows.append(_row("conv2d steady-state allocation per call beyond the output",
                          worst["steady_alloc_bytes"], ALLOC_SLACK, "bytes",
-                         f"worst {worst['layer']} b={worst['batch']}; tracemalloc, Numba-internal "
-                         "allocations not seen", higher=False))
+                         f"worst {worst['layer']} b={worst['batch']}; tracemalloc peak, arrays made "
+                         "inside Numba kernels included", higher=False))
     st = result.get("startup", {})
     if "first_call" in st:
         fc = st["first_call"]
