@@ -152,6 +152,9 @@ class Optimizer:
         if np.dtype(g.dtype) != np.dtype(a.dtype):
             raise TypeError(f"the gradient of {p!r} has dtype {np.dtype(g.dtype)}; expected "
                             f"{np.dtype(a.dtype)}")
+        if np.dtype(a.dtype) == np.float16:
+            raise TypeError(f"cannot update the float16 parameter {p!r}: float16 is supported on "
+                            "CUDA for inference (forward) ops only; train in float32")
         return device, a.reshape(a.size), g.reshape(g.size)
 
     def _update(self, backend, p, flat_p, flat_g, group, state):

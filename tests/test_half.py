@@ -26,7 +26,7 @@ import pytest
 
 import numbaconv as nc
 import reference as R
-from conftest import DEVICES, REQUIRE_CUDA, assert_close, cuda_skip_reason, host, is_device_array
+from conftest import DEVICES, _enter_device, assert_close, host, is_device_array
 
 F = nc.functional
 F16 = np.float16
@@ -40,12 +40,7 @@ def cuda():
     it cannot run."""
     if "cuda" not in DEVICES:
         pytest.skip("NUMBACONV_TEST_DEVICES leaves out cuda")
-    reason = cuda_skip_reason()
-    if reason:
-        if REQUIRE_CUDA:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with nc.use_device("cuda"):
+    with _enter_device("cuda"):
         yield "cuda"
 
 

@@ -41,13 +41,6 @@ def _acc_dtype_cuda(dtype):
     return lambda dtype: np.float32
 
 
-def reject_float16(what, a):
-    """TypeError when device array ``a`` is float16 in a training kernel (``what``)."""
-    if a.dtype == np.float16:
-        raise TypeError(f"{what}: float16 is supported on CUDA for inference (forward) ops only; "
-                        "train in float32")
-
-
 sigmoid = _cuda.device_function(_ops.sigmoid)
 apply_act = _cuda.device_function(_ops.apply_act)
 

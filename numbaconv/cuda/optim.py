@@ -8,7 +8,7 @@ gradient is only read.
 import math
 
 from numbaconv import _cuda
-from numbaconv.cuda._common import THREADS, blocks, reject_float16
+from numbaconv.cuda._common import THREADS, blocks
 
 cuda = _cuda.cuda()
 
@@ -45,7 +45,6 @@ def sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
     lr, momentum, dampening, weight_decay : float.
     nesterov, first : bool; ``first`` starts the buffer as a copy of the gradient.
     """
-    reject_float16("SGD", p)
     n = p.shape[0]
     if n == 0:
         return
@@ -96,7 +95,6 @@ def adam(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, beta1, beta2, eps
     beta1, beta2, eps, weight_decay : float.
     bias_correction2_sqrt : float, ``(1 - beta2 ** step) ** 0.5``.
     """
-    reject_float16("Adam", p)
     n = p.shape[0]
     if n == 0:
         return
