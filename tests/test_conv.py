@@ -5,7 +5,7 @@ import pytest
 
 import numbaconv as nc
 import reference as R
-from conftest import check_op, rand
+from conftest import _enter_device, check_op, rand
 
 F = nc.functional
 
@@ -201,6 +201,48 @@ def test_conv1d_kernel_larger_than_padded_input(device):
 def test_conv1d_has_no_activation_argument():
     with pytest.raises(TypeError):
         F.conv1d(np.zeros((1, 2, 5)), np.zeros((3, 2, 3)), activation="relu")
+
+
+# CUDA's tiled GEMM in both shape classes, on grids of several tiles in every direction (more
+# output channels and pixels than one tile holds, several reduction steps, two groups), with
+# the fused epilogue. Elsewhere the tile is chosen by problem size, which the simulator's small
+# shapes would leave to one class.
+GEMM_TILE_CASES = [
+    ("two_tiles_each_way", (2, 5, 9, 8), (130, 5, 3, 3), dict(padding=1)),
+    ("groups_strided_dilated", (1, 6, 13, 12), (68, 3, 3, 2),
+     dict(groups=2, stride=(1, 2), padding=(2, 1), dilation=(2, 1))),
+]
+
+
+@pytest.mark.cuda_only
+@pytest.mark.parametrize("tile, dtype", [("BIG", np.float32), ("SMALL", np.float32),
+                                         ("SMALL", np.float64)])  # BIG has no float64 variant
+@pytest.mark.parametrize("xs, ws, kw", [c[1:] for c in GEMM_TILE_CASES],
+                         ids=[c[0] for c in GEMM_TILE_CASES])
+def test_conv2d_cuda_gemm_tiles(rng, monkeypatch, dtype, tile, xs, ws, kw):
+    with _enter_device("cuda"):
+        from numbaconv.cuda import conv as cuda_conv
+
+        chosen = getattr(cuda_conv, tile)
+        monkeypatch.setattr(cuda_conv, "_gemm_tile", lambda *args: chosen)
+        x, w, b = rand(rng, xs, dtype), rand(rng, ws, dtype), rand(rng, (ws[0],), dtype)
+        out_shape = R.conv2d(x, w, b, **kw).shape
+        kw = dict(kw, residual=rand(rng, out_shape, dtype), activation="leaky_relu")
+        check_op("conv2d", (x, w, b), kw, dtype, "conv", "cuda", scale=conv_scale(x, w, b, kw))
+
+
+@pytest.mark.cuda_only
+def test_cuda_gemm_tile_choice(monkeypatch):
+    with _enter_device("cuda"):
+        from numbaconv.cuda import conv as cuda_conv
+
+        monkeypatch.setattr(cuda_conv, "_sm_count", lambda device: 132)
+        choose = cuda_conv._gemm_tile
+        # ResNet-50 at batch 32: 56x56 maps fill 784 big blocks; 7x7 maps only 52 (of 132 SMs).
+        assert choose(np.float32, 32 * 56 * 56, 64, 1, 0) == cuda_conv.BIG
+        assert choose(np.float16, 32 * 56 * 56, 64, 1, 0) == cuda_conv.BIG
+        assert choose(np.float32, 32 * 7 * 7, 512, 1, 0) == cuda_conv.SMALL
+        assert choose(np.float64, 32 * 56 * 56, 64, 1, 0) == cuda_conv.SMALL
 
 
 # Each path of the CPU conv (read in place, padded workspace, gather) and the direct/GEMM split
