@@ -11,7 +11,8 @@
 #   sanitize  compute-sanitizer memcheck and racecheck over the CUDA tests of the kernel
 #             families (conv, pool, dense, norm, activation, parity).
 #   bench     python -m numbaconv bench on CUDA: conv sets at batch 32 and 1, host overhead,
-#             ResNet-18 / MobileNetV2 end to end; cuda.json/.md/.png in $OUT.
+#             ResNet-18 / MobileNetV2 end to end; cuda.json/.md/.png in $OUT; then ptxas
+#             registers/stack/spills/occupancy per kernel (bench/kernels.py, cuda-kernels.*).
 #
 # One device call runs at most 10 minutes; a cold numba cache makes the first call the longest.
 # Suggested calls (each with carry [".whl"]):
@@ -87,9 +88,10 @@ stage_bench() {
     NUMBACONV_DEVICE=cuda timeout 420 $PY -m numbaconv bench --fresh --out "$OUT" \
         --only conv overhead e2e --sets resnet50 mobilenetv2 --batches 32 1 --nets resnet18 \
         || fail "bench"
+    $PY bench/kernels.py --out "$OUT" | tail -3 || echo "note: bench/kernels.py failed (nvJitLink?)"
 }
 
-[ $# -gt 0 ] || { sed -n '2,22p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,21p' "$0"; exit 2; }
 for s in "$@"; do
     case "$s" in
         wheels|setup|test|sanitize|bench) step "$s"; "stage_$s" ;;

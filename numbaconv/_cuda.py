@@ -204,3 +204,87 @@ def compile_ptx(func, signature, cc):
     with target_device():
         ptx, _ = cuda().compile_ptx(func, signature, cc=cc)
     return ptx
+
+
+def _nvjitlink():
+    try:
+        from cuda.bindings import nvjitlink  # NVIDIA's nvJitLink: ptxas without a GPU or driver
+    except Exception as exc:  # cuda-bindings missing, or too old to ship nvjitlink
+        raise RuntimeError(
+            f"nvJitLink is unavailable ({type(exc).__name__}: {exc}); it comes with "
+            "cuda-bindings: pip install 'numbaconv[cuda13]'") from None
+    return nvjitlink
+
+
+def nvjitlink_version():
+    """The nvJitLink library's version as a string such as ``"13.0"`` (``RuntimeError`` if it
+    is unavailable)."""
+    nv = _nvjitlink()
+    try:
+        major, minor = nv.version()
+    except Exception as exc:  # the bindings import but libnvJitLink.so cannot be loaded
+        raise RuntimeError(f"nvJitLink is unavailable ({type(exc).__name__}: {exc})") from None
+    return f"{major}.{minor}"
+
+
+def _ptxas_log(ptx, cc):
+    # Assemble PTX to SASS with nvJitLink's ptxas in verbose mode; return its info log.
+    nv = _nvjitlink()
+    try:
+        handle = nv.create(3, [f"-arch=sm_{cc[0]}{cc[1]}", "-verbose", "-O3"])
+    except Exception as exc:  # libnvJitLink.so missing, or an arch it does not know
+        raise RuntimeError(f"nvJitLink is unavailable ({type(exc).__name__}: {exc})") from None
+
+    def log(size, get):
+        buf = bytearray(size(handle))
+        get(handle, buf)
+        return buf.decode(errors="replace").rstrip("\x00")
+
+    try:
+        data = ptx.encode()
+        nv.add_data(handle, nv.InputType.PTX, data, len(data), "kernel")
+        try:
+            nv.complete(handle)
+        except Exception as exc:
+            raise RuntimeError(f"ptxas (nvJitLink) rejected the PTX: {exc}\n"
+                               f"{log(nv.get_error_log_size, nv.get_error_log)}") from None
+        return log(nv.get_info_log_size, nv.get_info_log)
+    finally:
+        nv.destroy(handle)
+
+
+def kernel_resources(func, signature, cc):
+    """ptxas's resource usage of kernel ``func`` compiled for ``signature`` and compute
+    capability ``cc``: what ``nvcc -Xptxas -v`` prints, obtained without a GPU.
+
+    The kernel is compiled to PTX with :func:`compile_ptx` and assembled by nvJitLink (from
+    cuda-bindings). These are compiler figures, not measurements on a device.
+
+    Parameters
+    ----------
+    func : Python function of a kernel (the third field of a :data:`KERNELS` entry).
+    signature : str, e.g. ``"void(float32[::1], float32[::1])"``.
+    cc : (major, minor) tuple, e.g. ``(9, 0)``.
+
+    Returns
+    -------
+    dict with int values: ``registers`` per thread, ``stack`` (bytes of stack frame per thread;
+    local arrays the compiler could not keep in registers), ``spill_stores`` and
+    ``spill_loads`` (bytes; summed over the entry and any device function it calls), ``smem``
+    (bytes of static shared memory per block).
+
+    Raises
+    ------
+    RuntimeError
+        If nvJitLink is unavailable or ptxas rejects the PTX.
+    """
+    import re
+
+    log = _ptxas_log(compile_ptx(func, signature, cc), cc)
+    used = re.search(r"used (\d+) registers.*?(\d+) stack, (\d+) bytes smem", log)
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if used is None or not spills:
+        raise RuntimeError(f"unexpected nvJitLink info log for {signature}:\n{log}")
+    return {"registers": int(used[1]), "stack": int(used[2]),
+            "spill_stores": sum(int(s) for s, _ in spills),
+            "spill_loads": sum(int(lo) for _, lo in spills), "smem": int(used[3])}

@@ -1,12 +1,15 @@
-"""Every registered CUDA kernel compiles to PTX for sm_80 and sm_90, without a GPU.
+"""Every registered CUDA kernel compiles to PTX for sm_80 and sm_90, without a GPU; on sm_90 none
+spills, and the tiled GEMM kernels keep their accumulators in registers (ptxas via nvJitLink).
 
 The simulator runs kernels as Python and hides type errors; NVVM does not. Skipped under the
-simulator, and when numba-cuda or NVVM is missing unless NUMBACONV_TEST_REQUIRE_PTX=1 (CI), in
-which case those are failures.
+simulator, and when numba-cuda, NVVM or nvJitLink is missing unless NUMBACONV_TEST_REQUIRE_PTX=1
+(CI), in which case those are failures.
 """
 
+import fnmatch
 import importlib.util
 import os
+import re
 
 import pytest
 
@@ -88,3 +91,63 @@ def test_kernel_compiles_to_ptx(compile_ptx, name, func, sigs, cc):
         ptx = compile_ptx(func, sig, cc)
         assert f".target sm_{cc[0]}{cc[1]}" in ptx, f"{name} {sig}: PTX for another target"
         assert ".entry" in ptx, f"{name} {sig}: no kernel entry point in the PTX"
+
+
+# ---- ptxas resource usage on sm_90 (nvJitLink), float32 ---------------------------------------
+SM90 = (9, 0)
+# The shared-memory tiled GEMM kernels: each thread's accumulator tile must live in registers, so
+# ptxas must give them no stack frame (a local array it could not promote is a stack frame).
+# fnmatch patterns; one that matches no registered kernel stays in the list and fails.
+REGISTER_TILED = ["numbaconv.cuda.conv._conv2d_gemm*", "numbaconv.cuda.dense._linear"]
+
+
+def _register_tiled():
+    names = [k[0] for k in KERNELS]
+    return [m for p in REGISTER_TILED for m in (fnmatch.filter(names, p) or [p])]
+
+
+def _float32_signature(sigs):
+    # The signature whose first float type ({T}) is float32; a kernel without float arguments
+    # has one signature.
+    for sig in sigs:
+        first = re.search(r"float(16|32|64)", sig)
+        if first is None or first[0] == "float32":
+            return sig
+    return None
+
+
+@pytest.fixture(scope="module")
+def resources(compile_ptx):
+    """``resources(name)``: _cuda.kernel_resources of registered kernel ``name`` for its float32
+    signature on sm_90, compiled once per module (skip or fail when nvJitLink is missing)."""
+    try:
+        _cuda.nvjitlink_version()
+    except RuntimeError as exc:
+        unavailable(str(exc))
+    registry = {name: (func, sigs) for name, func, sigs in KERNELS}
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            assert name in registry, f"no registered kernel matches {name} (renamed? update " \
+                "REGISTER_TILED)"
+            func, sigs = registry[name]
+            sig = _float32_signature(sigs)
+            assert sig, f"{name}: no float32 signature in {sigs}"
+            cache[name] = _cuda.kernel_resources(func, sig, SM90)
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", [k[0] for k in KERNELS])
+def test_kernel_does_not_spill_on_sm90(resources, name):
+    res = resources(name)
+    assert res["spill_stores"] == 0 and res["spill_loads"] == 0, f"{name} spills on sm_90: {res}"
+
+
+@pytest.mark.parametrize("name", _register_tiled())
+def test_gemm_accumulators_in_registers_on_sm90(resources, name):
+    res = resources(name)
+    assert res["stack"] == 0, f"{name}: {res['stack']}-byte stack frame on sm_90 (accumulators " \
+        f"not promoted to registers): {res}"
