@@ -9,6 +9,8 @@ NUMBA_ENABLE_CUDASIM         '1': CUDA tests run in numba's simulator; tests the
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -248,3 +250,30 @@ def check_op(name, args, kwargs, dtype, family, device=None, scale=None, ref_kwa
     assert_close(out, ref, dtype, family, scale=scale,
                  what=f"{name}[{device or nc.get_device()}, {np.dtype(dtype).name}]")
     return host(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Child processes at a forced SIMD width
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def run_at_width(tmp_path_factory):
+    """``run(code, lanes, timeout)``: run ``python -c code`` with ``NUMBACONV_SIMD_WIDTH=lanes``
+    and return the ``subprocess.CompletedProcess`` (text output captured).
+
+    Compiling kernels is nearly all of such a child's time, so the children of one width share a
+    kernel cache for the session: one folder per width, so width 8 never even looks at what
+    width 1 compiled (``numbaconv._jitcache`` also keys its folder on the width), and per
+    pytest-xdist worker (each has its own ``tmp_path_factory``), so one cache index never has
+    two writers at once (numba issue #10128): a worker runs its children one at a time.
+    """
+    dirs = {}
+
+    def run(code, lanes, timeout):
+        if lanes not in dirs:
+            dirs[lanes] = tmp_path_factory.mktemp(f"numba-cache-simd{lanes}-")
+        env = dict(os.environ, NUMBACONV_SIMD_WIDTH=str(lanes), NUMBA_CACHE_DIR=str(dirs[lanes]))
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    return run

@@ -3,8 +3,6 @@ the positions, output channels as vectors) and the weight gradient's outer-produ
 against the float64 reference and against the position-vectorised paths they replace."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -192,8 +190,6 @@ _CHILD = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("lanes", [w for w in (8,) if w < simd.host_lanes()])
-def test_forced_width(lanes, tmp_path):
-    env = dict(os.environ, NUMBACONV_SIMD_WIDTH=str(lanes), NUMBA_CACHE_DIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-c", _CHILD.format(here=HERE, lanes=lanes)], env=env,
-                          capture_output=True, text=True, timeout=900)
+def test_forced_width(lanes, run_at_width):
+    proc = run_at_width(_CHILD.format(here=HERE, lanes=lanes), lanes, timeout=900)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

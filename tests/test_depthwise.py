@@ -3,12 +3,10 @@ reference, over kernel sizes, strides, dilations, asymmetric padding, channel mu
 fused bias / residual / activation epilogue and both dtypes.
 
 The narrower SIMD widths (8 = AVX2, 1 = scalar) run in a child process with
-``NUMBACONV_SIMD_WIDTH`` forced and a private kernel cache.
+``NUMBACONV_SIMD_WIDTH`` forced (conftest's ``run_at_width``).
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -192,8 +190,6 @@ _CHILD = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("lanes", [w for w in (8, 1) if w < simd.host_lanes()])
-def test_depthwise_narrow_widths(lanes, tmp_path):
-    env = dict(os.environ, NUMBACONV_SIMD_WIDTH=str(lanes), NUMBA_CACHE_DIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-c", _CHILD.format(here=HERE, lanes=lanes)],
-                          env=env, capture_output=True, text=True, timeout=1800)
+def test_depthwise_narrow_widths(lanes, run_at_width):
+    proc = run_at_width(_CHILD.format(here=HERE, lanes=lanes), lanes, timeout=1800)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr

@@ -1,7 +1,7 @@
 """The SIMD layer (numbaconv.cpu.simd) at every vector width this CPU can run.
 
 The native width runs in this process. The narrower ones (8 = AVX2, 1 = scalar) run in a child
-process with ``NUMBACONV_SIMD_WIDTH`` forced and a private kernel cache, and check the SIMD ops
+process with ``NUMBACONV_SIMD_WIDTH`` forced (conftest's ``run_at_width``) and check the SIMD ops
 and the conv paths built on them against float64 NumPy.
 """
 
@@ -104,10 +104,8 @@ _CHILD = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("lanes", [w for w in (8, 1) if w < simd.host_lanes()])
-def test_forced_width(lanes, tmp_path):
-    env = dict(os.environ, NUMBACONV_SIMD_WIDTH=str(lanes), NUMBA_CACHE_DIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-c", _CHILD.format(here=HERE, lanes=lanes)], env=env,
-                          capture_output=True, text=True, timeout=600)
+def test_forced_width(lanes, run_at_width):
+    proc = run_at_width(_CHILD.format(here=HERE, lanes=lanes), lanes, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
