@@ -9,6 +9,8 @@ Kernels in ``numbaconv/cuda/`` are declared with :func:`kernel`, which also reco
 """
 
 import os
+import threading
+import weakref
 
 import numpy as np
 
@@ -28,6 +30,8 @@ def _import():
             from numba import cuda  # the one numba.cuda import
 
             _state["module"] = cuda
+            if not simulator_enabled():
+                _install_pool(cuda)
         except Exception as exc:  # ImportError, or a broken CUDA toolkit install
             _state["error"] = f"numba.cuda cannot be imported ({type(exc).__name__}: {exc}); " \
                 "install the extra: pip install 'numbaconv[cuda12]' or 'numbaconv[cuda13]'"
@@ -79,28 +83,108 @@ def is_device_array(x):
 
 
 def as_device_array(x):
-    """A numba device-array view of a device array (CuPy, PyTorch, numba), without copying."""
+    """A numba device-array view of a device array (CuPy, PyTorch, numba), without copying.
+
+    The producer's stream is not synchronised (numba's default for the array interface): the
+    op launches on the caller's stream instead (:func:`stream_of`), which orders it after the
+    producer's work without blocking the host.
+    """
     if type(x).__name__ in ("DeviceNDArray", "FakeCUDAArray"):
         return x
-    return cuda().as_cuda_array(x)
+    return cuda().as_cuda_array(x, sync=False)
 
 
-def to_device(a):
-    """Copy a host array to a new device array."""
+# ---- streams: every launch and copy of an op goes to the caller's stream ------------------------
+_launch = threading.local()  # .stream: where this thread's kernels and copies go
+_EXTERNAL = {}  # raw stream handle -> numba stream object
+
+
+def _external(handle):
+    # A numba stream for a raw CUDA stream handle (0 or None: the default stream), made once.
+    if not handle:
+        return 0
+    stream = _EXTERNAL.get(handle)
+    if stream is None:
+        stream = _EXTERNAL[handle] = cuda().external_stream(handle)
+    return stream
+
+
+def stream_of(x):
+    """The stream that work on device array ``x`` is ordered on (0: the default stream).
+
+    PyTorch's or CuPy's current stream for their arrays, a numba array's bound stream, else the
+    stream its ``__cuda_array_interface__`` names.
+    """
+    module = type(x).__module__.split(".")[0]
+    if module == "torch":
+        import torch
+
+        return _external(torch.cuda.current_stream(x.device).cuda_stream)
+    if module == "cupy":
+        import cupy
+
+        return _external(cupy.cuda.get_current_stream().ptr)
+    if type(x).__name__ in ("DeviceNDArray", "FakeCUDAArray"):
+        return x.stream
+    return _external(x.__cuda_array_interface__.get("stream"))
+
+
+def call_stream(arrays):
+    """The stream an op on device arrays ``arrays`` runs on: the first one's (:func:`stream_of`).
+    Work queued on another argument's own, different stream is waited for first."""
+    stream = stream_of(arrays[0])
+    if simulator_enabled():  # the simulator runs everything synchronously
+        return stream
+    for x in arrays[1:]:
+        if type(x).__module__.split(".")[0] in ("torch", "cupy"):
+            continue  # their library's current stream: the same for every argument
+        other = stream_of(x)
+        if other and int(other) != int(stream):
+            wait_for(stream, other)
+    return stream
+
+
+def use_stream(stream):
+    """Send this thread's kernel launches and copies to ``stream`` (0: the default stream)
+    until the next call; every op calls it with its caller's stream before it launches."""
+    _launch.stream = stream
+
+
+def current_stream():
+    """The stream this thread's launches and copies go to (see :func:`use_stream`)."""
+    return getattr(_launch, "stream", 0)
+
+
+def wait_for(stream, other):
+    """Order later work on ``stream`` after the work queued so far on ``other``, without
+    blocking the host (an event recorded on one and waited for on the other)."""
+    event = cuda().event(timing=False)
+    event.record(stream=other)
+    event.wait(stream=stream)
+
+
+def to_device(a, stream=None):
+    """Copy a host array to a new device array, on ``stream`` (default: the current one)."""
+    stream = current_stream() if stream is None else stream
     # np.asarray(order="C") rather than np.ascontiguousarray, which makes 0-d arrays 1-d.
-    return cuda().to_device(np.asarray(a, order="C"))
+    return cuda().to_device(np.asarray(a, order="C"), stream=stream)
 
 
-def to_host(d):
-    """Copy a device array to a new NumPy array."""
-    return as_device_array(d).copy_to_host()
+def to_host(d, stream=None):
+    """Copy a device array to a new NumPy array after the work queued on ``stream`` (default:
+    the current one)."""
+    stream = current_stream() if stream is None else stream
+    out = as_device_array(d).copy_to_host(stream=stream)
+    if stream:  # an asynchronous copy: the caller is about to read the host array
+        stream.synchronize()
+    return out
 
 
 def copy(d):
     """A new C-contiguous device array with the contents of device array ``d``."""
     d = as_device_array(d)
     out = empty(d.shape, d.dtype)
-    out.copy_to_device(d if d.is_c_contiguous() else d.copy_to_host())
+    out.copy_to_device(d if d.is_c_contiguous() else to_host(d), stream=current_stream())
     return out
 
 
@@ -132,7 +216,8 @@ def cache_impls():
 
 
 def kernel(*signatures, half=False):
-    """Declare a CUDA kernel: ``@kernel("void({T}[::1], {T}[::1])")``.
+    """Declare a CUDA kernel: ``@kernel("void({T}[::1], {T}[::1])")``; it launches on
+    :func:`current_stream`.
 
     ``{T}`` in a signature is expanded to float32 and float64, and also to float16 with
     ``half=True`` (a kernel that takes float16 arrays: an inference op that accumulates in
@@ -147,9 +232,25 @@ def kernel(*signatures, half=False):
         for sig in signatures:
             sigs += [sig.format(T=t) for t in dtypes] if "{T}" in sig else [sig]
         KERNELS.append((f"{func.__module__}.{func.__name__}", func, sigs))
-        return cuda().jit(cache=not simulator_enabled())(func)
+        return _Kernel(cuda().jit(cache=not simulator_enabled())(func))
 
     return wrap
+
+
+class _Kernel:
+    """A compiled kernel whose launches, ``k[grid, block](*args)``, go to the current stream."""
+
+    __slots__ = ("dispatcher",)
+
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+
+    def __getitem__(self, config):
+        grid, block = config
+        return self.dispatcher[grid, block, current_stream()]
+
+    def __getattr__(self, name):  # the dispatcher's attributes (py_func, overloads, ...)
+        return getattr(self.dispatcher, name)
 
 
 def overload(func):
@@ -288,3 +389,109 @@ def kernel_resources(func, signature, cc):
     return {"registers": int(used[1]), "stack": int(used[2]),
             "spill_stores": sum(int(s) for s, _ in spills),
             "spill_loads": sum(int(lo) for _, lo in spills), "smem": int(used[3])}
+
+
+# ---- device memory: a caching pool --------------------------------------------------------------
+# Every op allocates its output; cuMemAlloc per call is slow and cuMemFree synchronises the device.
+# numbaconv therefore installs a numba memory-manager plugin (EMM) that keeps freed blocks and
+# hands them to later allocations of the same size class on the same stream, whose work is
+# queued after the block's previous user's. It serves every numba allocation in the process.
+# NUMBACONV_CUDA_POOL=0, or a NUMBA_CUDA_MEMORY_MANAGER of the user's, leaves numba's default.
+
+
+def block_size(size):
+    """The pool's size class for a request of ``size`` bytes: a multiple of 512 B up to 1 MiB,
+    of 1 MiB above (at most 1/1024 or 512 B wasted)."""
+    unit = 512 if size <= 1 << 20 else 1 << 20
+    return max(unit, -(-size // unit) * unit)
+
+
+class BlockPool:
+    """Free device blocks, by (stream, size class) key."""
+
+    def __init__(self):
+        self.free = {}
+        self.cached = 0  # bytes held
+
+    def take(self, key):
+        """A free block for ``key``, or None."""
+        blocks = self.free.get(key)
+        if not blocks:
+            return None
+        self.cached -= key[1]
+        return blocks.pop()
+
+    def give(self, key, block):
+        self.free.setdefault(key, []).append(block)
+        self.cached += key[1]
+
+    def drain(self):
+        """Remove and return every free block."""
+        blocks = [b for bs in self.free.values() for b in bs]
+        self.free.clear()
+        self.cached = 0
+        return blocks
+
+
+def _stream_key(stream):
+    return int(stream) if stream else 0
+
+
+def _install_pool(cuda_module):
+    if os.environ.get("NUMBACONV_CUDA_POOL", "1") == "0":
+        return
+    if os.environ.get("NUMBA_CUDA_MEMORY_MANAGER", "default") != "default":
+        return  # the user's own plugin
+    from numba.cuda.cudadrv import driver as drv  # numba-cuda internals: kept in this module
+
+    class PoolMemoryManager(drv.NumbaCUDAMemoryManager):
+        """numba's memory manager, with freed device blocks kept in a :class:`BlockPool`."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.pool = BlockPool()
+
+        def memalloc(self, size):
+            key = (_stream_key(current_stream()), block_size(size))
+            ptr = self.pool.take(key)
+            if ptr is None:
+                try:
+                    ptr = self._attempt_allocation(lambda: drv.driver.cuMemAlloc(key[1]))
+                except drv.CudaAPIError:  # out of memory even after numba's own cleanup
+                    self.release()
+                    ptr = drv.driver.cuMemAlloc(key[1])
+            mem = drv.AutoFreePointer(weakref.proxy(self.context), ptr, size,
+                                      finalizer=_back_to_pool(self.allocations, self.pool, key,
+                                                              ptr))
+            self.allocations[ptr] = mem  # the one strong reference, as numba's own manager
+            return mem.own()
+
+        def release(self):
+            """Return the pool's free blocks to the driver."""
+            for ptr in self.pool.drain():
+                drv.driver.cuMemFree(ptr)
+
+        def reset(self):
+            super().reset()
+            self.pool.drain()  # the context's memory goes with it
+
+    cuda_module.set_memory_manager(PoolMemoryManager)
+    _state["pool"] = PoolMemoryManager
+
+
+def _back_to_pool(allocations, pool, key, ptr):
+    # The finalizer of a pooled allocation; it must not refer to the pointer object itself.
+    def finalize():
+        allocations.pop(ptr, None)
+        pool.give(key, ptr)
+
+    return finalize
+
+
+def pool_stats():
+    """Bytes of device memory the pool holds free in the current context (None without the
+    pool, e.g. in the simulator)."""
+    if "pool" not in _state:
+        return None
+    manager = cuda().current_context().memory_manager
+    return manager.pool.cached if isinstance(manager, _state["pool"]) else None

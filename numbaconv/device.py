@@ -120,13 +120,13 @@ def to_device(x, device=None):
     _require_cuda("to_device(x, 'cuda')")
     if _cuda.is_device_array(x):
         return x
-    return _cuda.to_device(np.asarray(x))
+    return _cuda.to_device(np.asarray(x), stream=0)
 
 
 def to_numpy(x):
     """Return ``x`` as a NumPy array, copying device arrays to the host."""
     if _cuda.is_device_array(x):
-        return _cuda.to_host(x)
+        return _cuda.to_host(x, stream=_cuda.stream_of(x))  # after the work that made x
     return np.asarray(x)
 
 

@@ -111,6 +111,9 @@ class _Call:
                 f"{op}(): argument '{on_host[0]}' is a host (NumPy) array but '{on_device[0]}' "
                 f"is on the CUDA device; move it first, e.g. nc.to_device({on_host[0]}, 'cuda')")
         self.device = "cuda" if on_device else _device.get_device()
+        if self.device == "cuda":  # launches and copies go to the caller's stream
+            _cuda.use_stream(_cuda.call_stream([arrays[n] for n in on_device]) if on_device
+                             else 0)
         first = next(iter(arrays))
         self.template = arrays[first]  # the kind of array the caller gets back
         self.host_in = not on_device
@@ -177,7 +180,11 @@ class _Call:
             return out
         if self.host_in:
             return _cuda.to_host(out)
-        return _device.like(out, self.template)
+        result = _device.like(out, self.template)
+        stream = _cuda.current_stream()
+        # A numba result is bound to the call's stream, so the caller's next op queues there too
+        # (PyTorch and CuPy results follow their library's current stream instead).
+        return result.bind(stream) if result is out and stream else result
 
 
 # --------------------------------------------------------------------------------------------
@@ -721,6 +728,7 @@ def _accumulate(out, x):
         _backend("cpu").add(flat, flat, np.ascontiguousarray(_device.to_numpy(x)).reshape((size,)),
                             _ops.ACT_NONE, 0.0)
         return
+    _cuda.use_stream(_cuda.call_stream([out, x] if _cuda.is_device_array(x) else [out]))
     d_out = _cuda.as_device_array(out)
     d_x = _cuda.as_device_array(x) if _cuda.is_device_array(x) else _cuda.to_device(
         np.ascontiguousarray(x))
@@ -1903,7 +1911,7 @@ def _rnn_ready(call, mode, dtype, n, h, lens):
         if call.device == "cpu":
             z[...] = 0
         else:
-            z.copy_to_device(np.zeros(shape, dtype))
+            z.copy_to_device(np.zeros(shape, dtype), stream=_cuda.current_stream())
         return z
 
     hx = call.ready("hx") if call["hx"] is not None else zeros((n, h))
@@ -2061,7 +2069,7 @@ def _recurrent_backward(op, mode, grads, input, hx, cx, weight_ih, weight_hh, bi
         if call.device == "cpu":
             z[...] = 0
         else:
-            z.copy_to_device(np.zeros(shape, dtype))
+            z.copy_to_device(np.zeros(shape, dtype), stream=_cuda.current_stream())
         return z
 
     gout = grad_or_zeros("grad_output", (t, n, h))

@@ -303,3 +303,137 @@ def test_host_inputs_on_cuda_device_come_back_as_numpy(cuda_device):
         out = F.sigmoid(x)
     assert type(out) is np.ndarray
     np.testing.assert_allclose(out, 1 / (1 + np.exp(-x)), rtol=1e-12)
+
+
+# ---- streams: an op runs on its caller's stream, without synchronising the producer -------------
+
+@pytest.fixture
+def restore_stream():
+    before = _cuda.current_stream()
+    yield
+    _cuda.use_stream(before)
+
+
+def test_kernels_launch_on_the_current_stream(restore_stream):
+    seen = []
+
+    class Dispatcher:
+        def __getitem__(self, config):
+            seen.append(config)
+            return lambda *args: seen.append(args)
+
+    kernel = _cuda._Kernel(Dispatcher())
+    _cuda.use_stream("stream A")
+    kernel[3, 256](1, 2)
+    _cuda.use_stream(0)
+    kernel[1, 32]()
+    assert seen == [(3, 256, "stream A"), (1, 2), (1, 32, 0), ()]
+
+
+@needs_numba_cuda
+def test_device_views_do_not_synchronise_the_producer(monkeypatch):
+    calls = []
+
+    class Producer:  # a CuPy / PyTorch array as numba sees it
+        __cuda_array_interface__ = {"shape": (2,), "typestr": "<f4", "data": (0, False),
+                                    "version": 3, "stream": 7}
+
+    monkeypatch.setattr(_cuda.cuda(), "as_cuda_array", lambda x, **kw: calls.append(kw) or "view",
+                        raising=False)  # the simulator has none
+    assert _cuda.as_device_array(Producer()) == "view"
+    # numba's default, sync=True, would block the host on the producer's stream every call.
+    assert calls == [{"sync": False}]
+
+
+def test_stream_of_array_interface_without_stream_is_the_default():
+    class Producer:
+        __cuda_array_interface__ = {"shape": (2,), "typestr": "<f4", "data": (0, False),
+                                    "version": 3, "stream": None}
+
+    assert _cuda.stream_of(Producer()) == 0
+
+
+@pytest.mark.cuda_only
+def test_op_runs_on_the_stream_of_its_device_inputs(cuda_device, monkeypatch, restore_stream):
+    cuda = _cuda.cuda()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((17, 3, 3, 3)).astype(np.float32)
+    stream = cuda.stream()
+    launches = []
+    launch = _cuda._Kernel.__getitem__
+    monkeypatch.setattr(_cuda._Kernel, "__getitem__",
+                        lambda self, config: launches.append(_cuda.current_stream())
+                        or launch(self, config))
+    # numba arrays bound to a stream: the conv (GEMM and its k table) and relu launch there.
+    out = F.relu(F.conv2d(cuda.to_device(x).bind(stream), cuda.to_device(w).bind(stream),
+                          padding=1))
+    assert launches and all(s is stream for s in launches), launches
+    np.testing.assert_allclose(host(out), np.maximum(F.conv2d(x, w, padding=1), 0), rtol=1e-5,
+                               atol=1e-5)
+    # Host inputs computed on CUDA: the default stream, whatever ran before on this thread.
+    launches.clear()
+    with nc.use_device("cuda"):
+        F.relu(x)
+    assert launches == [0]
+
+
+# ---- device memory pool (numba memory-manager plugin); checked without a GPU --------------------
+
+@pytest.mark.parametrize("size, block", [(1, 512), (512, 512), (513, 1024), (1 << 20, 1 << 20),
+                                         ((1 << 20) + 1, 2 << 20)])
+def test_pool_size_classes(size, block):
+    assert _cuda.block_size(size) == block
+
+
+def test_pool_reuses_blocks_only_for_the_same_stream_and_size_class():
+    pool = _cuda.BlockPool()
+    pool.give((7, 512), "a")
+    assert pool.take((0, 512)) is None and pool.take((7, 1024)) is None
+    assert pool.cached == 512
+    assert pool.take((7, 512)) == "a" and pool.take((7, 512)) is None
+    pool.give((0, 1024), "b")
+    assert pool.drain() == ["b"] and pool.cached == 0 and pool.take((0, 1024)) is None
+
+
+POOL_PROBE = """
+import gc, json, os
+from numbaconv import _cuda
+_cuda._import()
+from numba.cuda.cudadrv import driver as drv
+manager = _cuda._state.get("pool")
+result = {"installed": manager is not None and drv._memory_manager is manager}
+if manager is not None:  # its memalloc against a fake driver: no GPU needed
+    allocs = []
+    drv.driver.cuMemAlloc = lambda size: allocs.append(size) or 1000 + len(allocs)
+
+    class Context:
+        pass
+
+    context = Context()
+    m = manager(context=context)
+    a = m.memalloc(1000)
+    first = a.device_pointer
+    del a
+    gc.collect()
+    b = m.memalloc(900)  # the same size class on the same stream: the freed block
+    c = m.memalloc(900)  # a new one while b lives
+    result.update(allocs=allocs, reused=b.device_pointer == first, held=m.pool.cached,
+                  fresh=c.device_pointer != first)
+print(json.dumps(result))
+"""
+
+
+@needs_numba_cuda
+def test_pool_is_numbas_memory_manager_and_recycles_freed_blocks():
+    got = run_fresh(POOL_PROBE, NUMBA_ENABLE_CUDASIM=None, NUMBACONV_CUDA_POOL=None,
+                    NUMBA_CUDA_MEMORY_MANAGER=None)
+    assert got == {"installed": True, "allocs": [1024, 1024], "reused": True, "held": 0,
+                   "fresh": True}
+
+
+@needs_numba_cuda
+@pytest.mark.parametrize("env", [dict(NUMBACONV_CUDA_POOL="0"),
+                                 dict(NUMBA_CUDA_MEMORY_MANAGER="some_users_plugin")])
+def test_pool_can_be_left_out(env):
+    assert run_fresh(POOL_PROBE, NUMBA_ENABLE_CUDASIM=None, **env) == {"installed": False}

@@ -126,9 +126,9 @@ def rnn_forward(mode, out, h_n, c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, leng
     i_ = x.shape[2]
     if out.size == 0:
         if h_n.size:
-            h_n.copy_to_device(h0)
+            h_n.copy_to_device(h0, stream=_cuda.current_stream())
         if c_n is not None and c_n.size:
-            c_n.copy_to_device(c0)
+            c_n.copy_to_device(c0, stream=_cuda.current_stream())
         return
     if ws is None:
         ws = _cuda.empty((workspace_size(mode, t_, n_, h_),), out.dtype)
@@ -141,9 +141,9 @@ def rnn_forward(mode, out, h_n, c_n, ws, x, h0, c0, w_ih, w_hh, b_ih, b_hh, leng
         t = t_ - 1 - s if reverse else s
         _step_forward[grid, THREADS](mode, t, xw, ext, out, hbuf[s % 2], hbuf[(s + 1) % 2], c,
                                      w_hh, b_hh, lengths)
-    h_n.copy_to_device(hbuf[t_ % 2])
+    h_n.copy_to_device(hbuf[t_ % 2], stream=_cuda.current_stream())
     if c_n is not None:
-        c_n.copy_to_device(c)
+        c_n.copy_to_device(c, stream=_cuda.current_stream())
 
 
 @_cuda.kernel("void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1], int64[::1], boolean)")
@@ -273,9 +273,9 @@ def rnn_backward(mode, gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gout, gh_n, gc_
             _step_backward[grid, THREADS](mode, t, dg, dgh, dh, dd, dc, gout, gates, ext, hprev,
                                           cprev, lengths)
             _step_dh[grid, THREADS](t, dh, dd, dgh, w_hh)
-    gh0.copy_to_device(dh)
+    gh0.copy_to_device(dh, stream=_cuda.current_stream())
     if gc0 is not None:
-        gc0.copy_to_device(dc)
+        gc0.copy_to_device(dc, stream=_cuda.current_stream())
     linear_backward(gx.reshape((rows, i_)), gw_ih, gb_ih, dg, x.reshape((rows, i_)), w_ih)
     linear_backward(_cuda.empty((0, h_), dtype), gw_hh, gb_hh, dgh, hprev, w_hh)
 
