@@ -433,8 +433,11 @@ class BlockPool:
         return blocks
 
 
-def _stream_key(stream):
-    return int(stream) if stream else 0
+def stream_key(stream):
+    """A hashable key for a stream object (0: the default stream)."""
+    if not stream:
+        return 0
+    return id(stream) if simulator_enabled() else int(stream)  # the simulator's have no handle
 
 
 def _install_pool(cuda_module):
@@ -452,7 +455,7 @@ def _install_pool(cuda_module):
             self.pool = BlockPool()
 
         def memalloc(self, size):
-            key = (_stream_key(current_stream()), block_size(size))
+            key = (stream_key(current_stream()), block_size(size))
             ptr = self.pool.take(key)
             if ptr is None:
                 try:
@@ -486,12 +489,3 @@ def _back_to_pool(allocations, pool, key, ptr):
         pool.give(key, ptr)
 
     return finalize
-
-
-def pool_stats():
-    """Bytes of device memory the pool holds free in the current context (None without the
-    pool, e.g. in the simulator)."""
-    if "pool" not in _state:
-        return None
-    manager = cuda().current_context().memory_manager
-    return manager.pool.cached if isinstance(manager, _state["pool"]) else None

@@ -296,7 +296,7 @@ def _sm_count(device):
 
 
 _SMS = {}  # device id -> SM count
-_KTABS = {}  # (device id, geometry, tile depth) -> device table, reused across calls
+_KTABS = {}  # (device id, stream, geometry, tile depth) -> device table, reused across calls
 _FAR = 0x7FFF
 
 
@@ -305,7 +305,8 @@ def _ktab(device, cg, kh, kw, dh, dw, h, w, bk):
     j dw] in a (C, H, W) image) << 32 | (i dh) << 16 | j dw, padded to whole steps of ``bk``
     with entries whose row displacement (_FAR) puts every read out of bounds. Filled by a kernel
     on the first use of a geometry, so no host copy or synchronisation is involved."""
-    key = (device, cg, kh, kw, dh, dw, h, w, bk)
+    # Per stream too: a table filled on one stream is not yet safe to read on another.
+    key = (device, _cuda.stream_key(_cuda.current_stream()), cg, kh, kw, dh, dw, h, w, bk)
     tab = _KTABS.get(key)
     if tab is None:
         k_ = cg * kh * kw
