@@ -9,6 +9,7 @@ Kernels in ``numbaconv/cuda/`` are declared with :func:`kernel`, which also reco
 """
 
 import os
+import re
 import threading
 import weakref
 
@@ -115,7 +116,7 @@ def stream_of(x):
     PyTorch's or CuPy's current stream for their arrays, a numba array's bound stream, else the
     stream its ``__cuda_array_interface__`` names.
     """
-    module = type(x).__module__.split(".")[0]
+    module = _library(x)
     if module == "torch":
         import torch
 
@@ -136,12 +137,17 @@ def call_stream(arrays):
     if simulator_enabled():  # the simulator runs everything synchronously
         return stream
     for x in arrays[1:]:
-        if type(x).__module__.split(".")[0] in ("torch", "cupy"):
+        if _library(x) in ("torch", "cupy"):
             continue  # their library's current stream: the same for every argument
         other = stream_of(x)
-        if other and int(other) != int(stream):
+        if other and stream_key(other) != stream_key(stream):
             wait_for(stream, other)
     return stream
+
+
+def _library(x):
+    # The top-level package of an array's type: "torch", "cupy", "numba", ...
+    return type(x).__module__.split(".")[0]
 
 
 def use_stream(stream):
@@ -379,8 +385,6 @@ def kernel_resources(func, signature, cc):
     RuntimeError
         If nvJitLink is unavailable or ptxas rejects the PTX.
     """
-    import re
-
     log = _ptxas_log(compile_ptx(func, signature, cc), cc)
     used = re.search(r"used (\d+) registers.*?(\d+) stack, (\d+) bytes smem", log)
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)

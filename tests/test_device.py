@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import numbaconv as nc
-from conftest import cuda_skip_reason, host, is_device_array, on
+import reference as R
+from conftest import assert_close, cuda_skip_reason, host, is_device_array, on
 from numbaconv import _cuda
 
 F = nc.functional
@@ -369,8 +370,8 @@ def test_op_runs_on_the_stream_of_its_device_inputs(cuda_device, monkeypatch, re
     out = F.relu(F.conv2d(cuda.to_device(x).bind(stream), cuda.to_device(w).bind(stream),
                           padding=1))
     assert launches and all(s is stream for s in launches), launches
-    np.testing.assert_allclose(host(out), np.maximum(F.conv2d(x, w, padding=1), 0), rtol=1e-5,
-                               atol=1e-5)
+    assert_close(out, np.maximum(R.conv2d(x, w, None, 1, 1, 1, 1), 0), np.float32, "conv",
+                 scale=R.conv2d(np.abs(x), np.abs(w), None, 1, 1, 1, 1))
     # Host inputs computed on CUDA: the default stream, whatever ran before on this thread.
     launches.clear()
     with nc.use_device("cuda"):
