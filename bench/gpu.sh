@@ -11,7 +11,7 @@
 #   sanitize  compute-sanitizer memcheck and racecheck over the CUDA tests of the kernel
 #             families (conv, pool, dense, norm, activation, parity).
 #   bench     python -m numbaconv bench on CUDA: conv sets at batch 32 and 1, host overhead,
-#             ResNet-18 / MobileNetV2 end to end; cuda.json/.md/.png in $OUT; then ptxas
+#             ResNet-18 / MobileNetV2 end to end; gpu.json/.md/.png in $OUT; then ptxas
 #             registers/stack/spills/occupancy per kernel (bench/kernels.py, cuda-kernels.*).
 #
 # One device call runs at most 10 minutes; a cold numba cache makes the first call the longest.

@@ -24,7 +24,7 @@ def main(argv=None):
                     "unfused, vs PyTorch eager), memory (peak memory of ResNet-18's eval forward "
                     "in fresh processes, vs PyTorch eager and a lower bound), startup (first "
                     "call with a warm cache, ResNet-18 compile with an empty one). Results go to "
-                    "<out>/<device>.json, .md and .png (<device>-quick.* with --quick), merged "
+                    "<out>/cpu.json, .md and .png (gpu.* on CUDA; *-quick.* with --quick), merged "
                     "row by row with an earlier run on the same machine unless --fresh.")
     bench.add_argument("--quick", action="store_true",
                        help="a few layers of each kind at batch 1, small elementwise tensors, "

@@ -1517,7 +1517,7 @@ def print_summary(rows, progress=print):
 def main(quick=False, sets=None, batches=None, only=None, nets=None, elementwise_shape=None,
          out_dir=None, with_torch=True, merge=True, tracked=True, budget=None, argv_text=""):
     """Run the chosen sections, print the tables and the summary, and (with ``out_dir``) save
-    ``<device>[-quick].json/.md/.png`` there. Returns the result dictionary."""
+    ``cpu[-quick].json/.md/.png`` (``gpu[-quick].*`` on CUDA) there. Returns the result dictionary."""
     dev = _device.get_device()
     torch = _torch() if with_torch else None
     if torch is not None:
@@ -1588,7 +1588,8 @@ def main(quick=False, sets=None, batches=None, only=None, nets=None, elementwise
         result["startup"] = run_startup(first_call=True, cold=cold, progress=bar.log)
     bar.close()
     if out_dir:
-        stem = dev + ("-quick" if quick else "")
+        # "gpu", as the CUDA targets' issue names the file; the result's machine names the GPU.
+        stem = {"cuda": "gpu"}.get(dev, dev) + ("-quick" if quick else "")
         result = write_results(result, out_dir, stem, merge=merge)
         png = os.path.exists(os.path.join(out_dir, stem + ".png"))
         print(f"saved {os.path.join(out_dir, stem)}.json, .md" + (" and .png" if png else ""))

@@ -137,10 +137,10 @@ def _partial_results(folder):
          "numbaconv_images_per_s": 50.0}])
     # Other benchmarks' results share the folder (machine dict and all) and are not read.
     other = {"machine": machine, "runs": {"spatial": []}}
-    for name, data in (("cpu.json", cpu), ("cuda.json", gpu), ("cpu-quick.json", quick),
+    for name, data in (("cpu.json", cpu), ("gpu.json", gpu), ("cpu-quick.json", quick),
                        ("train.json", other)):
         (folder / name).write_text(json.dumps(data))
-    (folder / "cuda-quick.json").write_text("{")
+    (folder / "gpu-quick.json").write_text("{")
 
 
 def test_benchmarks_notebook_partial_results(run_notebook, tmp_path):
@@ -148,7 +148,7 @@ def test_benchmarks_notebook_partial_results(run_notebook, tmp_path):
     folder.mkdir()
     _partial_results(folder)
     text = run_notebook("02_benchmarks.ipynb", NUMBACONV_BENCH_RESULTS=str(folder))
-    for expected in ("skipping cuda-quick.json", "cpu-quick.json", "no end-to-end results",
+    for expected in ("skipping gpu-quick.json", "cpu-quick.json", "no end-to-end results",
                      "no thread-scaling results", "Test GPU"):
         assert expected in text, expected
     assert "train.json" not in text
