@@ -245,6 +245,53 @@ def test_cuda_gemm_tile_choice(monkeypatch):
         assert choose(np.float64, 32 * 56 * 56, 64, 1, 0) == cuda_conv.SMALL
 
 
+# CUDA's depthwise kernel (one input channel per group) on maps of several row and column tiles
+# with 4 rows per thread, which the simulator's one SM would otherwise reduce to 1.
+DEPTHWISE_TILE_CASES = [
+    ("3x3_multiplier", (1, 2, 37, 35), (4, 1, 3, 3), dict(groups=2, padding=1)),
+    ("3x3_strided", (2, 3, 75, 70), (3, 1, 3, 3), dict(groups=3, stride=2, padding=1)),
+    ("5x3_dilated", (1, 2, 40, 37), (2, 1, 5, 3), dict(groups=2, padding=(3, 1), dilation=(2, 1))),
+]
+
+
+@pytest.mark.cuda_only
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("xs, ws, kw", [c[1:] for c in DEPTHWISE_TILE_CASES],
+                         ids=[c[0] for c in DEPTHWISE_TILE_CASES])
+def test_conv2d_cuda_depthwise_tiles(rng, monkeypatch, dtype, xs, ws, kw):
+    with _enter_device("cuda"):
+        from numbaconv.cuda import conv as cuda_conv
+
+        shapes = []
+        choose = cuda_conv._depthwise_shape
+        monkeypatch.setattr(cuda_conv, "_sm_count", lambda device: 0)
+        monkeypatch.setattr(cuda_conv, "_depthwise_shape",
+                            lambda *args: shapes.append(choose(*args)) or shapes[-1])
+        x, w, b = rand(rng, xs, dtype), rand(rng, ws, dtype), rand(rng, (ws[0],), dtype)
+        out_shape = R.conv2d(x, w, b, **kw).shape
+        kw = dict(kw, residual=rand(rng, out_shape, dtype), activation="leaky_relu")
+        check_op("conv2d", (x, w, b), kw, dtype, "conv", "cuda", scale=conv_scale(x, w, b, kw))
+        assert shapes and all(rows == 4 for _, rows, _, _ in shapes)
+        assert any(th > 1 for _, _, th, _ in shapes) and any(tw > 1 for *_, tw in shapes)
+
+
+@pytest.mark.cuda_only
+def test_cuda_depthwise_shape(monkeypatch):
+    with _enter_device("cuda"):
+        from numbaconv.cuda import conv as cuda_conv
+
+        monkeypatch.setattr(cuda_conv, "_sm_count", lambda device: 132)
+        shape = cuda_conv._depthwise_shape
+        # Blocks as wide as the map: (bw, bh), rows per thread, row tiles, column tiles.
+        assert shape(32, 32, 112, 112, 0) == ((32, 8), 4, 4, 4)
+        assert shape(32, 960, 7, 7, 0) == ((8, 8), 1, 1, 1)
+        assert shape(32, 576, 14, 14, 0) == ((16, 16), 1, 1, 1)
+        assert shape(32, 144, 56, 56, 0) == ((32, 8), 4, 2, 2)
+        assert shape(1, 144, 56, 56, 0) == ((32, 8), 2, 4, 2)
+        # Smaller batches: fewer rows per thread, so that every SM still gets several blocks.
+        assert shape(1, 32, 112, 112, 0) == ((32, 8), 1, 14, 4)
+
+
 # Each path of the CPU conv (read in place, padded workspace, gather) and the direct/GEMM split
 # on CUDA, with the residual fused before the activation.
 RESIDUAL_CASES = [

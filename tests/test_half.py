@@ -78,10 +78,13 @@ def conv_scale(x, w, b, kw):
 @pytest.mark.parametrize("xs, ws, kw", [
     # 16 output channels per group: the tiled implicit GEMM.
     ((2, 4, 5, 5), (16, 4, 3, 3), dict(padding=1, activation="silu")),
-    # depthwise (1 output channel per group): the direct kernel.
+    # depthwise (1 input channel per group): its own kernel, 3x3 and any size.
     ((1, 6, 6, 6), (6, 1, 3, 3), dict(padding=1, stride=(1, 2), groups=6,
                                       activation=("leaky_relu", 0.1))),
-], ids=["gemm", "direct_depthwise"])
+    ((1, 3, 7, 6), (6, 1, 2, 3), dict(padding=1, groups=3, activation="relu")),
+    # 2 input and 3 output channels per group: the direct kernel.
+    ((1, 4, 6, 5), (6, 2, 3, 3), dict(padding=1, groups=2, activation="gelu")),
+], ids=["gemm", "depthwise_3x3", "depthwise_2x3", "direct"])
 def test_conv2d_fused(rng, cuda, xs, ws, kw):
     x, w, b = half(rng, xs, -2, 2), half(rng, ws), half(rng, (ws[0],))
     out_shape = R.conv2d(x, w, b, **{k: v for k, v in kw.items() if k != "activation"}).shape

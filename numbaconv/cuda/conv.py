@@ -1,5 +1,6 @@
-"""2-D convolution on the GPU: a shared-memory tiled implicit GEMM, and a direct kernel for
-depthwise and other narrow groups.
+"""2-D convolution on the GPU: a shared-memory tiled implicit GEMM, a kernel of its own for
+depthwise convolution (one input channel per group), and a direct kernel for other narrow
+groups.
 
 Per group ``g`` the convolution is the product ``out[oc, p] = sum_k W[oc, k] * X[k, p]`` with
 ``k = (c, i, j)`` over the group's input channels and kernel taps (``K = C/groups * KH * KW``) and
@@ -20,8 +21,8 @@ from numbaconv.cuda._common import (GEMM_THREADS, THREADS, acc_dtype, apply_act,
 
 cuda = _cuda.cuda()
 
-# Groups with fewer output channels than this (depthwise: 1) use the direct kernel: a 64-row
-# GEMM tile would be mostly idle.
+# Groups with fewer output channels than this use the direct kernel (unless they read one input
+# channel: the depthwise kernel): a 64-row GEMM tile would be mostly idle.
 GEMM_MIN_OC = 16
 
 _SIG = ("void({T}[:, :, :, ::1], {T}[:, :, :, ::1], {T}[:, :, :, ::1], {T}[::1], "
@@ -179,6 +180,103 @@ _GEMMS = {BIG: _gemm_kernel(*BIG, dtypes=("float16", "float32")),
           SMALL: _gemm_kernel(*SMALL, dtypes=("float16", "float32", "float64"))}
 
 
+# ---- one input channel per group (depthwise, channel multipliers, single-channel images) ----
+
+def _depthwise_kernel(fkh, fkw):
+    """The kernel for convolutions whose groups read one input channel each (``C/groups == 1``),
+    with the kernel size ``fkh x fkw`` fixed at compile time (0, 0: read from ``w``'s shape).
+
+    Grid (OC, N, row tiles x column tiles), 2-D blocks (bw, bh): a block covers one output plane
+    (n, oc) over ``bw`` columns and ``bh * rows`` rows, thread (tx, ty) the outputs (ty + bh r,
+    tx), r < rows. A warp's threads take neighbouring columns, so its loads of x and stores of
+    out coalesce; the block's weights and bias are the same for every thread (broadcasts), and
+    the neighbouring windows' overlap is served from L1. A fixed kernel size keeps the weights
+    in registers for all of a thread's outputs and unrolls the taps.
+
+    out (N, OC, OH, OW); x (N, C, H, W); w (OC, 1, KH, KW); b (OC,) read only when
+    ``has_bias``; res (shaped as out) added before the activation, read only when ``has_res``;
+    geom = (stride h, stride w, pad top, pad left, dilation h, dilation w, rows, column tiles);
+    act, alpha: the fused activation.
+    """
+    nw = max(fkh * fkw, 1)
+
+    def kernel(out, x, w, b, res, geom, has_bias, has_res, act, alpha):
+        h, w_ = x.shape[2], x.shape[3]
+        oc_, oh_, ow_ = out.shape[1], out.shape[2], out.shape[3]
+        sh, sw, ph, pw, dh, dw, rows, tiles_w = geom
+        kh = fkh if fkh else w.shape[2]
+        kw = fkw if fkw else w.shape[3]
+        oc = cuda.blockIdx.x
+        n = cuda.blockIdx.y
+        tile_h = cuda.blockIdx.z // tiles_w
+        ow = (cuda.blockIdx.z - tile_h * tiles_w) * cuda.blockDim.x + cuda.threadIdx.x
+        if ow >= ow_:
+            return
+        bh = cuda.blockDim.y
+        c = oc // (oc_ // x.shape[1])  # the group's one input channel
+        acc_t = acc_dtype(x.dtype)  # float32 for float16 data
+        wr = cuda.local.array(nw, dtype=acc_t)  # used when the size is fixed: registers
+        if fkh:
+            for i in range(fkh):
+                for j in range(fkw):
+                    wr[i * fkw + j] = widen(w[oc, 0, i, j])
+        bias = widen(b[oc]) if has_bias else acc_t(0)
+        iw0 = ow * sw - pw
+        iw_in = iw0 >= 0 and iw0 + (kw - 1) * dw < w_
+        for r in range(rows):
+            oh = (tile_h * rows + r) * bh + cuda.threadIdx.y
+            if oh >= oh_:
+                return
+            ih0 = oh * sh - ph
+            v = bias
+            if ih0 >= 0 and ih0 + (kh - 1) * dh < h and iw_in:  # inside: no tap tests
+                for i in range(kh):
+                    # Unsigned indices: known >= 0, so numba adds no negative-index wraparound.
+                    row = np.uint64(ih0 + i * dh)
+                    for j in range(kw):
+                        wv = wr[i * fkw + j] if fkh else widen(w[oc, 0, i, j])
+                        v += widen(x[n, c, row, np.uint64(iw0 + j * dw)]) * wv
+            else:
+                for i in range(kh):
+                    ih = ih0 + i * dh
+                    if ih >= 0 and ih < h:
+                        for j in range(kw):
+                            iw = iw0 + j * dw
+                            if iw >= 0 and iw < w_:
+                                wv = wr[i * fkw + j] if fkh else widen(w[oc, 0, i, j])
+                                v += widen(x[n, c, ih, iw]) * wv
+            if has_res:
+                v += widen(res[n, oc, oh, ow])
+            out[n, oc, oh, ow] = apply_act(v, act, alpha)  # the one rounding
+
+    name = f"_conv2d_depthwise_{fkh}x{fkw}" if fkh else "_conv2d_depthwise"
+    kernel.__name__ = kernel.__qualname__ = name
+    return _cuda.kernel(_DW_SIG, half=True)(kernel)
+
+
+_DW_SIG = _SIG.replace("UniTuple(int64, 7)", "UniTuple(int64, 8)")
+# The fixed-size variant for 3x3 (MobileNet, EfficientNet's and ResNeXt's depthwise layers), the
+# general one for the rest.
+_DEPTHWISE = {(3, 3): _depthwise_kernel(3, 3), None: _depthwise_kernel(0, 0)}
+DW_THREADS = 256
+
+
+def _depthwise_shape(n, oc, oh, ow, device):
+    """Block (bw, bh), rows per thread and the grid's tile counts for ``_depthwise_kernel``.
+
+    Blocks are as wide as the output (8, 16 or 32 columns) so small maps do not leave most
+    threads idle; a thread takes up to 4 rows (weights and index arithmetic shared by them)
+    while the grid still gives every SM several blocks."""
+    bw = 32 if ow > 16 else 16 if ow > 8 else 8
+    bh = min(DW_THREADS // bw, 1 << max(oh - 1, 0).bit_length())
+    tiles_w = -(-ow // bw)
+    rows = min(4, -(-oh // bh))
+    while rows > 1 and n * oc * tiles_w * -(-oh // (bh * rows)) < 8 * _sm_count(device):
+        rows //= 2
+    tiles_h = -(-oh // (bh * rows))
+    return (bw, bh), rows, tiles_h, tiles_w
+
+
 # The direct kernel's thread computes this many neighbouring outputs of a row: its index
 # arithmetic (divisions) is shared by them, and their overlapping input reads hit the cache.
 ROW_RUN = 4
@@ -259,11 +357,19 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
     cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
     (sh, sw), (ph, pw), (dh, dw) = [(int(v[0]), int(v[1])) for v in (stride, padding, dilation)]
     ocg = oc // groups
+    device = getattr(cuda.get_current_device(), "id", 0)  # the simulator's has none
+    if cg == 1:
+        block, rows, tiles_h, tiles_w = _depthwise_shape(n, oc, oh, ow, device)
+        if n < 2**16 and tiles_h * tiles_w < 2**16:  # grid y and z limits
+            kernel = _DEPTHWISE.get((kh, kw), _DEPTHWISE[None])
+            geom = (sh, sw, ph, pw, dh, dw, rows, tiles_w)
+            kernel[(oc, n, tiles_h * tiles_w), block](out, x, w, bias, res, geom, has_bias,
+                                                      has_res, int(act), float(alpha))
+            return
     # The GEMM's table packs offsets in 32 bits and displacements in 16, _FAR being the
     # out-of-bounds row.
     if (ocg >= GEMM_MIN_OC and max(h + ph, w_ + pw, dh * (kh - 1), dw * (kw - 1)) < _FAR
             and cg * h * w_ < 2**31):
-        device = getattr(cuda.get_current_device(), "id", 0)  # the simulator's has none
         tile = _gemm_tile(out.dtype, n * oh * ow, ocg, groups, device)
         kernel, (bm, bn, bk) = _GEMMS[tile], tile
         geom = (n, oc, oh, ow, h, w_, c * h * w_, cg * h * w_, sh, sw, ph, pw, int(groups))
