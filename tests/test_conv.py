@@ -221,10 +221,10 @@ GEMM_TILE_CASES = [
                          ids=[c[0] for c in GEMM_TILE_CASES])
 def test_conv2d_cuda_gemm_tiles(rng, monkeypatch, dtype, tile, xs, ws, kw):
     with _enter_device("cuda"):
-        from numbaconv.cuda import conv as cuda_conv
+        from numbaconv.cuda import gemm
 
-        chosen = getattr(cuda_conv, tile)
-        monkeypatch.setattr(cuda_conv, "_gemm_tile", lambda *args: chosen)
+        chosen = getattr(gemm, tile)
+        monkeypatch.setattr(gemm, "_gemm_tile", lambda *args: chosen)
         x, w, b = rand(rng, xs, dtype), rand(rng, ws, dtype), rand(rng, (ws[0],), dtype)
         out_shape = R.conv2d(x, w, b, **kw).shape
         kw = dict(kw, residual=rand(rng, out_shape, dtype), activation="leaky_relu")
@@ -234,15 +234,15 @@ def test_conv2d_cuda_gemm_tiles(rng, monkeypatch, dtype, tile, xs, ws, kw):
 @pytest.mark.cuda_only
 def test_cuda_gemm_tile_choice(monkeypatch):
     with _enter_device("cuda"):
-        from numbaconv.cuda import conv as cuda_conv
+        from numbaconv.cuda import gemm
 
-        monkeypatch.setattr(cuda_conv, "_sm_count", lambda device: 132)
-        choose = cuda_conv._gemm_tile
+        monkeypatch.setattr(gemm, "sm_count", lambda device: 132)
+        choose = gemm._gemm_tile
         # ResNet-50 at batch 32: 56x56 maps fill 784 big blocks; 7x7 maps only 52 (of 132 SMs).
-        assert choose(np.float32, 32 * 56 * 56, 64, 1, 0) == cuda_conv.BIG
-        assert choose(np.float16, 32 * 56 * 56, 64, 1, 0) == cuda_conv.BIG
-        assert choose(np.float32, 32 * 7 * 7, 512, 1, 0) == cuda_conv.SMALL
-        assert choose(np.float64, 32 * 56 * 56, 64, 1, 0) == cuda_conv.SMALL
+        assert choose(np.float32, 32 * 56 * 56, 64, 1, 0) == gemm.BIG
+        assert choose(np.float16, 32 * 56 * 56, 64, 1, 0) == gemm.BIG
+        assert choose(np.float32, 32 * 7 * 7, 512, 1, 0) == gemm.SMALL
+        assert choose(np.float64, 32 * 56 * 56, 64, 1, 0) == gemm.SMALL
 
 
 # CUDA's depthwise kernel (one input channel per group) on maps of several row and column tiles
@@ -260,11 +260,11 @@ DEPTHWISE_TILE_CASES = [
                          ids=[c[0] for c in DEPTHWISE_TILE_CASES])
 def test_conv2d_cuda_depthwise_tiles(rng, monkeypatch, dtype, xs, ws, kw):
     with _enter_device("cuda"):
-        from numbaconv.cuda import conv as cuda_conv
+        from numbaconv.cuda import conv as cuda_conv, gemm
 
         shapes = []
         choose = cuda_conv._depthwise_shape
-        monkeypatch.setattr(cuda_conv, "_sm_count", lambda device: 0)
+        monkeypatch.setattr(gemm, "sm_count", lambda device: 0)
         monkeypatch.setattr(cuda_conv, "_depthwise_shape",
                             lambda *args: shapes.append(choose(*args)) or shapes[-1])
         x, w, b = rand(rng, xs, dtype), rand(rng, ws, dtype), rand(rng, (ws[0],), dtype)
@@ -278,9 +278,9 @@ def test_conv2d_cuda_depthwise_tiles(rng, monkeypatch, dtype, xs, ws, kw):
 @pytest.mark.cuda_only
 def test_cuda_depthwise_shape(monkeypatch):
     with _enter_device("cuda"):
-        from numbaconv.cuda import conv as cuda_conv
+        from numbaconv.cuda import conv as cuda_conv, gemm
 
-        monkeypatch.setattr(cuda_conv, "_sm_count", lambda device: 132)
+        monkeypatch.setattr(gemm, "sm_count", lambda device: 132)
         shape = cuda_conv._depthwise_shape
         # Blocks as wide as the map: (bw, bh), rows per thread, row tiles, column tiles.
         assert shape(32, 32, 112, 112, 0) == ((32, 8), 4, 4, 4)

@@ -98,7 +98,7 @@ SM90 = (9, 0)
 # The shared-memory tiled GEMM kernels: each thread's accumulator tile must live in registers, so
 # ptxas must give them no stack frame (a local array it could not promote is a stack frame).
 # fnmatch patterns; one that matches no registered kernel stays in the list and fails.
-REGISTER_TILED = ["numbaconv.cuda.conv._conv2d_gemm*", "numbaconv.cuda.dense._linear"]
+REGISTER_TILED = ["numbaconv.cuda.gemm._conv2d_gemm*"]  # conv2d and linear
 
 
 def _register_tiled():

@@ -46,16 +46,6 @@ apply_act = _cuda.device_function(_ops.apply_act)
 
 THREADS = 256  # threads per block for 1-D grids
 
-# Shared-memory tiled GEMM (linear, conv2d): a block computes TM x TN outputs, staging TK of the
-# reduction at a time. Its 256 threads form a 16 x 16 grid; thread (ty, tx) owns the 4 x 4
-# outputs (ty + 16 r, tx + 16 c), so a warp's shared-memory reads are broadcasts or consecutive
-# words.
-TM = 64
-TN = 64
-TK = 16
-GEMM_THREADS = 256
-
-
 def blocks(n, threads=THREADS):
     """Blocks needed to cover ``n`` items with ``threads`` per block (at least one)."""
     return max(1, (n + threads - 1) // threads)
@@ -110,22 +100,3 @@ def _block_sum(red, tid, threads):
 
 
 block_sum = _cuda.device_function(_block_sum)
-
-
-def _tile_fma(a_s, b_s, acc, ty, tx):
-    # One staged step of the tiled GEMM: acc[4 r + c] += a_s[:, ty + 16 r] . b_s[:, tx + 16 c]
-    # over the (TK, TM) and (TK, TN) shared tiles; acc is the thread's 16 local accumulators.
-    for kk in range(TK):
-        a0 = a_s[kk, ty]
-        a1 = a_s[kk, ty + 16]
-        a2 = a_s[kk, ty + 32]
-        a3 = a_s[kk, ty + 48]
-        for c in range(4):
-            bv = b_s[kk, tx + 16 * c]
-            acc[c] += a0 * bv
-            acc[4 + c] += a1 * bv
-            acc[8 + c] += a2 * bv
-            acc[12 + c] += a3 * bv
-
-
-tile_fma = _cuda.device_function(_tile_fma)

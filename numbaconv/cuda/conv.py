@@ -1,23 +1,14 @@
-"""2-D convolution on the GPU: a shared-memory tiled implicit GEMM, a kernel of its own for
-depthwise convolution (one input channel per group), and a direct kernel for other narrow
-groups.
-
-Per group ``g`` the convolution is the product ``out[oc, p] = sum_k W[oc, k] * X[k, p]`` with
-``k = (c, i, j)`` over the group's input channels and kernel taps (``K = C/groups * KH * KW``) and
-``p = (n, oh, ow)`` over every output pixel of the batch. ``X`` (im2col) is never built: each
-block gathers its slice of ``X`` from ``x`` straight into shared memory, zeros standing in for
-the padding, through a small per-geometry table of k's offsets (no division in the loop). The
-tile shape is chosen per problem from two compiled shape classes (``BIG``, ``SMALL``).
-
-float16 data is summed in float32: the shared tiles and accumulators are float32, each float16
-value is converted once as it is loaded, and the output is rounded to float16 once, at the store.
+"""2-D convolution on the GPU: the tiled implicit GEMM (:mod:`numbaconv.cuda.gemm`) for groups of
+16 output channels or more, a kernel of its own for depthwise convolution (one input channel per
+group), and a direct kernel for other narrow groups. All three fuse bias, residual and
+activation, and compute float16 data in float32 (rounded once, at the store).
 """
 
 import numpy as np
 
 from numbaconv import _cuda
-from numbaconv.cuda._common import (GEMM_THREADS, THREADS, acc_dtype, apply_act, blocks, flat,
-                                    unravel4, widen)
+from numbaconv.cuda import gemm
+from numbaconv.cuda._common import THREADS, acc_dtype, apply_act, blocks, flat, unravel4, widen
 
 cuda = _cuda.cuda()
 
@@ -27,157 +18,6 @@ GEMM_MIN_OC = 16
 
 _SIG = ("void({T}[:, :, :, ::1], {T}[:, :, :, ::1], {T}[:, :, :, ::1], {T}[::1], "
         "{T}[:, :, :, ::1], UniTuple(int64, 7), boolean, boolean, int64, float64)")  # direct
-
-
-def _gemm_kernel(bm, bn, bk, dtypes):
-    """The implicit-GEMM kernel for one tile shape (bm, bn, bk), compile-time constants.
-
-    A block of GEMM_THREADS (256) threads computes ``bm`` output channels x ``bn`` output pixels
-    of one group, staging ``bk`` of the reduction per step. Thread (ty, tx) of a 16 x 16 grid
-    owns the ``bm/16 x bn/16`` outputs (ty + 16 i, tx + 16 j) in registers, so a warp's
-    shared-memory reads are broadcasts (A) or 16 consecutive words (B): no bank conflicts.
-    The shared tiles are double-buffered: the next step's global values are loaded into
-    registers before the current step's products, so one barrier per step suffices and the
-    loads' latency is hidden behind the arithmetic.
-
-    Kernel arguments: out (N*OC*OH*OW,) flat; x (N*C*H*W,) flat; w (OC, C/groups*KH*KW);
-    ktab (K rounded up to bk,) from ``_ktab``; b (OC,) read only when ``has_bias``; res shaped
-    as out, read only when ``has_res``; geom = (N, OC, OH, OW, H, W, C*H*W, C/groups*H*W,
-    stride h, stride w, pad top, pad left, groups); act, alpha: the fused activation.
-    Compiled for the element types ``dtypes``. The tile sizes reach the kernel as closure
-    constants: Numba folds them at compile time (shared and local array shapes must be
-    constants) and keys its on-disk cache on their values.
-    """
-    rm, rn = bm // 16, bn // 16
-    lda = bm + 4  # A-tile row pitch: the loader's stores hit distinct banks
-    ldc = bn + 1  # epilogue staging pitch
-    a_step = GEMM_THREADS // bk  # A loader: k column tid % bk, rows tid // bk + a_step q
-    qa = bm // a_step
-    b_step = GEMM_THREADS // bn  # B loader: pixel tid % bn, k rows tid // bn + b_step q
-    qb = bk // b_step
-
-    def kernel(out, x, w, ktab, b, res, geom, has_bias, has_res, act, alpha):
-        n_, oc_, oh_, ow_, h, w_, chw, gchw, sh, sw, ph, pw, groups = geom
-        k_ = w.shape[1]
-        ocg = oc_ // groups
-        ohw = oh_ * ow_
-        np_ = n_ * ohw
-
-        g = cuda.blockIdx.z
-        m0 = cuda.blockIdx.y * bm
-        p0 = cuda.blockIdx.x * bn
-        tid = cuda.threadIdx.x
-        tx = tid % 16
-        ty = tid // 16
-
-        acc_t = acc_dtype(x.dtype)  # float32 for float16 data
-        a_s = cuda.shared.array((2, bk, lda), dtype=acc_t)
-        b_s = cuda.shared.array((2, bk, bn), dtype=acc_t)
-        c_s = cuda.shared.array((16, ldc), dtype=acc_t)
-        # Register arrays: every index below is a constant after unrolling, so none of them
-        # lives in (slow) local memory.
-        acc = cuda.local.array((rm, rn), dtype=acc_t)
-        af = cuda.local.array(rm, dtype=acc_t)
-        bf = cuda.local.array(rn, dtype=acc_t)
-        pa = cuda.local.array(qa, dtype=acc_t)  # the next step's values, in flight
-        pb = cuda.local.array(qb, dtype=acc_t)
-        zero = acc_t(0)
-        for i in range(rm):
-            for j in range(rn):
-                acc[i, j] = zero
-
-        # B loader: one output pixel, decoded once; ktab gives each reduction index's offset
-        # into x and its tap's (row, column) displacement, so the loop divides nothing.
-        bp = tid % bn
-        bk0 = tid // bn
-        p = p0 + bp
-        p_ok = p < np_
-        pn = p // ohw
-        prem = p - pn * ohw
-        poh = prem // ow_
-        ih0 = poh * sh - ph
-        iw0 = (prem - poh * ow_) * sw - pw
-        xbase = pn * chw + g * gchw + ih0 * w_ + iw0
-        # A loader: one reduction column of rows wrow + a_step q of w.
-        ak = tid % bk
-        am = tid // bk
-        wrow = g * ocg + m0 + am
-
-        steps = (k_ + bk - 1) // bk
-        for s in range(steps + 1):
-            k0 = s * bk
-            if s < steps:  # fetch step s into registers
-                k = k0 + ak
-                for q in range(qa):
-                    v = zero
-                    if k < k_ and m0 + am + a_step * q < ocg:
-                        v = widen(w[wrow + a_step * q, k])
-                    pa[q] = v
-                for q in range(qb):
-                    t = ktab[k0 + bk0 + b_step * q]
-                    ih = ih0 + ((t >> 16) & 0xFFFF)
-                    iw = iw0 + (t & 0xFFFF)
-                    v = zero
-                    if p_ok and ih >= 0 and ih < h and iw >= 0 and iw < w_:
-                        v = widen(x[xbase + (t >> 32)])
-                    pb[q] = v
-            if s > 0:  # multiply step s - 1, staged in buffer (s - 1) % 2
-                cur = (s - 1) % 2
-                for kk in range(bk):
-                    for i in range(rm):
-                        af[i] = a_s[cur, kk, ty + 16 * i]
-                    for j in range(rn):
-                        bf[j] = b_s[cur, kk, tx + 16 * j]
-                    for i in range(rm):
-                        for j in range(rn):
-                            acc[i, j] += af[i] * bf[j]
-            if s < steps:  # stage step s in buffer s % 2, last read in step s - 2
-                nxt = s % 2
-                for q in range(qa):
-                    a_s[nxt, ak, am + a_step * q] = pa[q]
-                for q in range(qb):
-                    b_s[nxt, bk0 + b_step * q, bp] = pb[q]
-            cuda.syncthreads()
-
-        # Epilogue in rm passes through shared memory. Pass i stages row i of every thread's
-        # registers (tile rows ty + 16 i), then each thread finishes one output pixel of those
-        # rows: bias, residual, activation and a store that coalesces with its neighbours'.
-        pn = p // ohw
-        obase = pn * oc_ * ohw + p - pn * ohw  # out[pn, 0, oh, ow], flat
-        for i in range(rm):
-            for j in range(rn):
-                c_s[ty, tx + 16 * j] = acc[0, j]
-            for r in range(rm - 1):  # shift the next row up: register indices stay constant
-                for j in range(rn):
-                    acc[r, j] = acc[r + 1, j]
-            cuda.syncthreads()
-            if p_ok:
-                for q in range(16 // b_step):
-                    t = bk0 + b_step * q
-                    m = m0 + t + 16 * i
-                    if m < ocg:
-                        oc = g * ocg + m
-                        v = c_s[t, bp]
-                        if has_bias:
-                            v += widen(b[oc])
-                        if has_res:
-                            v += widen(res[obase + oc * ohw])
-                        out[obase + oc * ohw] = apply_act(v, act, alpha)  # the one rounding
-            cuda.syncthreads()
-
-    kernel.__name__ = kernel.__qualname__ = f"_conv2d_gemm_{bm}x{bn}"
-    return _cuda.kernel(*[_GEMM_SIG.format(T=t) for t in dtypes])(kernel)
-
-
-_GEMM_SIG = ("void({T}[::1], {T}[::1], {T}[:, ::1], int64[::1], {T}[::1], {T}[::1], "
-             "UniTuple(int64, 13), boolean, boolean, int64, float64)")
-# Shape classes (bm, bn, bk). The big tile does twice the products per shared-memory and global
-# read of the small one, but has a quarter of its blocks: layers with few output pixels or
-# channels would leave SMs idle.
-BIG = (128, 128, 8)
-SMALL = (64, 64, 16)
-_GEMMS = {BIG: _gemm_kernel(*BIG, dtypes=("float16", "float32")),
-          SMALL: _gemm_kernel(*SMALL, dtypes=("float16", "float32", "float64"))}
 
 
 # ---- one input channel per group (depthwise, channel multipliers, single-channel images) ----
@@ -271,7 +111,7 @@ def _depthwise_shape(n, oc, oh, ow, device):
     bh = min(DW_THREADS // bw, 1 << max(oh - 1, 0).bit_length())
     tiles_w = -(-ow // bw)
     rows = min(4, -(-oh // bh))
-    while rows > 1 and n * oc * tiles_w * -(-oh // (bh * rows)) < 8 * _sm_count(device):
+    while rows > 1 and n * oc * tiles_w * -(-oh // (bh * rows)) < 8 * gemm.sm_count(device):
         rows //= 2
     tiles_h = -(-oh // (bh * rows))
     return (bw, bh), rows, tiles_h, tiles_w
@@ -353,12 +193,10 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
     bias = b if has_bias else flat(w)
     has_res = residual is not None
     res = residual if has_res else out  # stands in, never read
-    c, h, w_ = x.shape[1], x.shape[2], x.shape[3]
     cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
     (sh, sw), (ph, pw), (dh, dw) = [(int(v[0]), int(v[1])) for v in (stride, padding, dilation)]
-    ocg = oc // groups
-    device = getattr(cuda.get_current_device(), "id", 0)  # the simulator's has none
     if cg == 1:
+        device = getattr(cuda.get_current_device(), "id", 0)  # the simulator's has none
         block, rows, tiles_h, tiles_w = _depthwise_shape(n, oc, oh, ow, device)
         if n < 2**16 and tiles_h * tiles_w < 2**16:  # grid y and z limits
             kernel = _DEPTHWISE.get((kh, kw), _DEPTHWISE[None])
@@ -366,77 +204,10 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
             kernel[(oc, n, tiles_h * tiles_w), block](out, x, w, bias, res, geom, has_bias,
                                                       has_res, int(act), float(alpha))
             return
-    # The GEMM's table packs offsets in 32 bits and displacements in 16, _FAR being the
-    # out-of-bounds row.
-    if (ocg >= GEMM_MIN_OC and max(h + ph, w_ + pw, dh * (kh - 1), dw * (kw - 1)) < _FAR
-            and cg * h * w_ < 2**31):
-        tile = _gemm_tile(out.dtype, n * oh * ow, ocg, groups, device)
-        kernel, (bm, bn, bk) = _GEMMS[tile], tile
-        geom = (n, oc, oh, ow, h, w_, c * h * w_, cg * h * w_, sh, sw, ph, pw, int(groups))
-        grid = (-(-n * oh * ow // bn), -(-ocg // bm), groups)
-        ktab = _ktab(device, cg, kh, kw, dh, dw, h, w_, bk)
-        kernel[grid, GEMM_THREADS](flat(out), flat(x), w.reshape(oc, cg * kh * kw), ktab,
-                                   flat(bias), flat(res), geom, has_bias, has_res, int(act),
-                                   float(alpha))
-    else:
-        geom = (sh, sw, ph, pw, dh, dw, int(groups))
-        runs = n * oc * oh * (-(-ow // ROW_RUN))
-        _conv2d_direct[blocks(runs), THREADS](out, x, w, bias, res, geom, has_bias, has_res,
-                                              int(act), float(alpha))
-
-
-def _gemm_tile(dtype, n_pix, ocg, groups, device):
-    """The GEMM tile for a problem: the big one where it gives every SM a block at least (its
-    float64 accumulators would not fit in registers), else the small one."""
-    bm, bn, _ = BIG
-    if dtype != np.float64 and -(-n_pix // bn) * -(-ocg // bm) * groups >= _sm_count(device):
-        return BIG
-    return SMALL
-
-
-def _sm_count(device):
-    """Streaming multiprocessors of ``device`` (the simulator: 1)."""
-    if device not in _SMS:
-        _SMS[device] = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 1)
-    return _SMS[device]
-
-
-_SMS = {}  # device id -> SM count
-_KTABS = {}  # (device id, stream, geometry, tile depth) -> device table, reused across calls
-_FAR = 0x7FFF
-
-
-def _ktab(device, cg, kh, kw, dh, dw, h, w, bk):
-    """The device table of reduction index k = (c, i, j) -> packed (offset of x[0, c, i dh,
-    j dw] in a (C, H, W) image) << 32 | (i dh) << 16 | j dw, padded to whole steps of ``bk``
-    with entries whose row displacement (_FAR) puts every read out of bounds. Filled by a kernel
-    on the first use of a geometry, so no host copy or synchronisation is involved."""
-    # Per stream too: a table filled on one stream is not yet safe to read on another.
-    key = (device, _cuda.stream_key(_cuda.current_stream()), cg, kh, kw, dh, dw, h, w, bk)
-    tab = _KTABS.get(key)
-    if tab is None:
-        k_ = cg * kh * kw
-        if len(_KTABS) >= 64:  # many geometries: drop the old tables rather than grow
-            _KTABS.clear()
-        tab = _cuda.empty(-(-k_ // bk) * bk, np.int64)
-        _conv2d_ktab[blocks(tab.size), THREADS](tab, (kh, kw, dh, dw, h, w, k_))
-        _KTABS[key] = tab
-    return tab
-
-
-@_cuda.kernel("void(int64[::1], UniTuple(int64, 7))")
-def _conv2d_ktab(tab, geom):
-    """Fill ``_ktab``'s table, one thread per entry; geom = (KH, KW, dh, dw, H, W, K)."""
-    kh, kw, dh, dw, h, w, k_ = geom
-    k = cuda.grid(1)
-    if k >= tab.shape[0]:
+    if oc // groups >= GEMM_MIN_OC and gemm.conv2d(out, x, w, b, residual, stride, padding,
+                                                   dilation, groups, act, alpha):
         return
-    if k >= k_:
-        tab[k] = _FAR << 16
-        return
-    khw = kh * kw
-    c = k // khw
-    i = (k - c * khw) // kw
-    di = i * dh
-    dj = (k - c * khw - i * kw) * dw
-    tab[k] = ((c * h + di) * w + dj) << 32 | di << 16 | dj
+    geom = (sh, sw, ph, pw, dh, dw, int(groups))
+    runs = n * oc * oh * (-(-ow // ROW_RUN))
+    _conv2d_direct[blocks(runs), THREADS](out, x, w, bias, res, geom, has_bias, has_res,
+                                          int(act), float(alpha))

@@ -8,8 +8,8 @@ Direct kernels, correct for every stride, padding, dilation and groups, not yet 
   ``gb`` strides over the batch's output positions (coalesced reads) and tree-sums in shared
   memory, so each gradient element has one writer (no atomics).
 
-A shared-memory tiled GEMM (like :mod:`numbaconv.cuda.conv`'s forward) would be faster on large
-layers; these kernels favour obvious correctness.
+A shared-memory tiled GEMM (like the forward's, :mod:`numbaconv.cuda.gemm`) would be faster on
+large layers; these kernels favour obvious correctness.
 """
 
 from numbaconv import _cuda

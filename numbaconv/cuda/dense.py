@@ -1,78 +1,23 @@
-"""Dense kernels on the GPU: linear (x @ w.T + b) as a shared-memory tiled GEMM, and softmax /
-log_softmax over one axis. Both forward kernels take float16 too, computing in float32 (float32
-tiles and accumulators; exp in float32) and rounding to float16 once at the store."""
+"""Dense kernels on the GPU: linear (x @ w.T + b) through the tiled GEMM of
+:mod:`numbaconv.cuda.gemm`, and softmax / log_softmax over one axis. Both take float16 too,
+computing in float32 (float32 tiles and accumulators; exp in float32) and rounding to float16
+once at the store."""
 
 import math
 
 import numpy as np
 
 from numbaconv import _cuda
-from numbaconv.cuda._common import (GEMM_THREADS, THREADS, TK, TM, TN, acc_dtype, block_sum,
-                                    blocks, flat, max_sum_exp, nan_max, tile_fma, widen)
+from numbaconv._ops import ACT_NONE
+from numbaconv.cuda import gemm
+from numbaconv.cuda._common import (THREADS, acc_dtype, block_sum, blocks, max_sum_exp, nan_max,
+                                    widen)
 
 cuda = _cuda.cuda()
 
-# linear tile (TM, TN, TK in numbaconv.cuda._common): a block computes TM rows x TN columns of
-# out, staging TK of K at a time; thread (ty, tx) owns outputs (ty + 16 r, tx + 16 c), r, c < 4,
-# so stores to a row of out coalesce.
-
-
-@_cuda.kernel("void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1], {T}[::1], boolean)", half=True)
-def _linear(out, x, w, b, has_bias):
-    """out (M, N) = x (M, K) @ w (N, K).T + b (N,), b read only when ``has_bias``;
-    grid (column tiles, row tiles), 256 threads."""
-    m_, k_ = x.shape
-    n_ = w.shape[0]
-    m0 = cuda.blockIdx.y * TM
-    n0 = cuda.blockIdx.x * TN
-    tid = cuda.threadIdx.x
-    tx = tid % 16
-    ty = tid // 16
-
-    acc_t = acc_dtype(x.dtype)  # float32 for float16 data
-    a_s = cuda.shared.array((TK, TM), dtype=acc_t)
-    b_s = cuda.shared.array((TK, TN), dtype=acc_t)
-    acc = cuda.local.array(16, dtype=acc_t)
-    zero = acc_t(0)
-    for e in range(16):
-        acc[e] = zero
-
-    # Loads: thread reads column lk of K for rows lr + 16 q; consecutive threads read
-    # consecutive k of one row (coalesced).
-    lk = tid % TK
-    lr = tid // TK
-    for k0 in range(0, k_, TK):
-        k = k0 + lk
-        k_ok = k < k_
-        for q in range(TM // 16):
-            rr = lr + 16 * q
-            v = zero
-            if k_ok and m0 + rr < m_:
-                v = widen(x[m0 + rr, k])
-            a_s[lk, rr] = v
-            v = zero
-            if k_ok and n0 + rr < n_:
-                v = widen(w[n0 + rr, k])
-            b_s[lk, rr] = v
-        cuda.syncthreads()
-        tile_fma(a_s, b_s, acc, ty, tx)
-        cuda.syncthreads()
-
-    for r in range(4):
-        m = m0 + ty + 16 * r
-        if m >= m_:
-            continue
-        for c in range(4):
-            n = n0 + tx + 16 * c
-            if n < n_:
-                v = acc[4 * r + c]
-                if has_bias:
-                    v += widen(b[n])
-                out[m, n] = v
-
-
 def linear(out, x, w, b):
-    """``out = x @ w.T + b``.
+    """``out = x @ w.T + b``: the tiled GEMM of :mod:`numbaconv.cuda.gemm`, as the 1x1
+    convolution of M one-pixel images with K channels into N channels.
 
     Parameters
     ----------
@@ -82,14 +27,13 @@ def linear(out, x, w, b):
     w : (N, K) device array.
     b : (N,) device array or None.
     """
-    m, n = out.shape
     if out.size == 0:  # a zero grid dimension is a launch error
         return
-    has_bias = b is not None
-    # Without a bias the weights, viewed flat, stand in for it (never read): no allocation.
-    bias = b if has_bias else flat(w)
-    grid = ((n + TN - 1) // TN, (m + TM - 1) // TM)
-    _linear[grid, GEMM_THREADS](out, x, w, bias, has_bias)
+    (m, n), k = out.shape, x.shape[1]
+    as_image = [a.reshape(shape) for a, shape in ((out, (m, n, 1, 1)), (x, (m, k, 1, 1)),
+                                                   (w, (n, k, 1, 1)))]
+    one = (1, 1)
+    gemm.conv2d(*as_image, b, None, one, (0, 0), one, 1, ACT_NONE, 0.0)
 
 
 # Softmax over contiguous rows (inner == 1): one block per row reduces with ROW_THREADS threads.
