@@ -20,6 +20,9 @@ from numbaconv.cuda._common import THREADS, acc_dtype, apply_act, blocks, flat, 
 cuda = _cuda.cuda()
 
 GEMM_THREADS = 256  # a 16 x 16 grid of threads per block
+# 16-byte aligned shared tiles allow 128-bit loads (the simulator rejects the argument).
+ALIGN = None if _cuda.simulator_enabled() else 16
+UNROLL = 2  # the reduction loop runs in pairs of steps: NVVM unrolls no further
 
 
 def _gemm_kernel(bm, bn, bk, dtypes):
@@ -27,8 +30,10 @@ def _gemm_kernel(bm, bn, bk, dtypes):
 
     A block of GEMM_THREADS (256) threads computes ``bm`` output channels x ``bn`` output pixels
     of one group, staging ``bk`` of the reduction per step. Thread (ty, tx) of a 16 x 16 grid
-    owns the ``bm/16 x bn/16`` outputs (ty + 16 i, tx + 16 j) in registers, so a warp's
-    shared-memory reads are broadcasts (A) or 16 consecutive words (B): no bank conflicts.
+    owns the ``bm/16 x bn/16`` outputs in rows 64 a + 4 ty + e and columns 64 c + 4 tx + e
+    (e < 4) in registers: its part of a staged row is runs of 4 consecutive words, each one
+    128-bit shared load (the tiles are 16-byte aligned), and a warp's loads are broadcasts (A)
+    or 256 consecutive bytes (B), free of bank conflicts.
     The shared tiles are double-buffered: the next step's global values are loaded into
     registers before the current step's products, so one barrier per step suffices and the
     loads' latency is hidden behind the arithmetic.
@@ -41,6 +46,7 @@ def _gemm_kernel(bm, bn, bk, dtypes):
     constants: Numba folds them at compile time (shared and local array shapes must be
     constants) and keys its on-disk cache on their values.
     """
+    assert bm % 64 == 0 and bn % 64 == 0 and bk % UNROLL == 0, (bm, bn, bk)  # runs of 4
     rm, rn = bm // 16, bn // 16
     lda = bm + 4  # A-tile row pitch: the loader's stores hit distinct banks
     ldc = bn + 1  # epilogue staging pitch
@@ -62,11 +68,11 @@ def _gemm_kernel(bm, bn, bk, dtypes):
         tid = cuda.threadIdx.x
         tx = tid % 16
         ty = tid // 16
-        utx, uty = np.uint64(tx), np.uint64(ty)
+        utx4, uty4 = np.uint64(4 * tx), np.uint64(4 * ty)
 
         acc_t = acc_dtype(x.dtype)  # float32 for float16 data
-        a_s = cuda.shared.array((2, bk, lda), dtype=acc_t)
-        b_s = cuda.shared.array((2, bk, bn), dtype=acc_t)
+        a_s = cuda.shared.array((2, bk, lda), dtype=acc_t, alignment=ALIGN)
+        b_s = cuda.shared.array((2, bk, bn), dtype=acc_t, alignment=ALIGN)
         c_s = cuda.shared.array((16, ldc), dtype=acc_t)
         # Register arrays: every index below is a constant after unrolling, so none of them
         # lives in (slow) local memory.
@@ -92,10 +98,15 @@ def _gemm_kernel(bm, bn, bk, dtypes):
         ih0 = poh * sh - ph
         iw0 = (prem - poh * ow_) * sw - pw
         xbase = pn * chw + g * gchw + ih0 * w_ + iw0
+        if not p_ok:  # past the last pixel: every row test below fails
+            ih0 = -(1 << 40)
+        # One unsigned comparison tests both bounds: a negative row wraps to a huge one.
+        uh, uw = np.uint64(h), np.uint64(w_)
         # A loader: one reduction column of rows wrow + a_step q of w.
         ak = tid % bk
         am = tid // bk
         wrow = g * ocg + m0 + am
+        a_rows = ocg - m0 - am  # this thread's rows a_step q below a_rows exist
         uak, uam, ubk0, ubp = np.uint64(ak), np.uint64(am), np.uint64(bk0), np.uint64(bp)
 
         steps = (k_ + bk - 1) // bk
@@ -105,7 +116,7 @@ def _gemm_kernel(bm, bn, bk, dtypes):
                 k = k0 + ak
                 for q in range(qa):
                     v = zero
-                    if k < k_ and m0 + am + a_step * q < ocg:
+                    if k < k_ and a_step * q < a_rows:
                         v = widen(w[np.uint64(wrow + a_step * q), np.uint64(k)])
                     pa[q] = v
                 for q in range(qb):
@@ -113,22 +124,24 @@ def _gemm_kernel(bm, bn, bk, dtypes):
                     ih = ih0 + ((t >> 16) & 0xFFFF)
                     iw = iw0 + (t & 0xFFFF)
                     v = zero
-                    if p_ok and ih >= 0 and ih < h and iw >= 0 and iw < w_:
+                    if np.uint64(ih) < uh and np.uint64(iw) < uw:
                         v = widen(x[np.uint64(xbase + (t >> 32))])
                     pb[q] = v
             if s > 0:  # multiply step s - 1, staged in buffer (s - 1) % 2
-                # Unsigned indices: numba adds no negative-index wraparound, so each shared
-                # load is one instruction at a constant offset from the step's row.
+                # Unsigned indices: numba adds no negative-index wraparound, so the loads of
+                # a run are at constant offsets from one address, which NVVM merges into one
+                # vector load.
                 cur = np.uint64((s - 1) & 1)
-                for kk in range(bk):
-                    ukk = np.uint64(kk)
-                    for i in range(rm):
-                        af[i] = a_s[cur, ukk, uty + np.uint64(16 * i)]
-                    for j in range(rn):
-                        bf[j] = b_s[cur, ukk, utx + np.uint64(16 * j)]
-                    for i in range(rm):
+                for kk2 in range(bk // UNROLL):
+                    for u in range(UNROLL):  # a constant trip count: unrolled
+                        ukk = np.uint64(kk2 * UNROLL + u)
+                        for i in range(rm):
+                            af[i] = a_s[cur, ukk, uty4 + np.uint64(i // 4 * 64 + i % 4)]
                         for j in range(rn):
-                            acc[i, j] += af[i] * bf[j]
+                            bf[j] = b_s[cur, ukk, utx4 + np.uint64(j // 4 * 64 + j % 4)]
+                        for i in range(rm):
+                            for j in range(rn):
+                                acc[i, j] += af[i] * bf[j]
             if s < steps:  # stage step s in buffer s % 2, last read in step s - 2
                 nxt = np.uint64(s & 1)
                 for q in range(qa):
@@ -138,13 +151,14 @@ def _gemm_kernel(bm, bn, bk, dtypes):
             cuda.syncthreads()
 
         # Epilogue in rm passes through shared memory. Pass i stages row i of every thread's
-        # registers (tile rows ty + 16 i), then each thread finishes one output pixel of those
-        # rows: bias, residual, activation and a store that coalesces with its neighbours'.
+        # registers (tile rows i // 4 * 64 + 4 ty + i % 4), then each thread finishes one
+        # output pixel of those rows: bias, residual, activation and a store that coalesces
+        # with its neighbours'.
         pn = p // ohw
         obase = pn * oc_ * ohw + p - pn * ohw  # out[pn, 0, oh, ow], flat
         for i in range(rm):
             for j in range(rn):
-                c_s[ty, tx + 16 * j] = acc[0, j]
+                c_s[ty, j // 4 * 64 + 4 * tx + j % 4] = acc[0, j]
             for r in range(rm - 1):  # shift the next row up: register indices stay constant
                 for j in range(rn):
                     acc[r, j] = acc[r + 1, j]
@@ -152,7 +166,7 @@ def _gemm_kernel(bm, bn, bk, dtypes):
             if p_ok:
                 for q in range(16 // b_step):
                     t = bk0 + b_step * q
-                    m = m0 + t + 16 * i
+                    m = m0 + i // 4 * 64 + 4 * t + i % 4
                     if m < ocg:
                         oc = g * ocg + m
                         v = c_s[t, bp]
