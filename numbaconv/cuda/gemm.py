@@ -22,7 +22,6 @@ cuda = _cuda.cuda()
 GEMM_THREADS = 256  # a 16 x 16 grid of threads per block
 # 16-byte aligned shared tiles allow 128-bit loads (the simulator rejects the argument).
 ALIGN = None if _cuda.simulator_enabled() else 16
-UNROLL = 2  # the reduction loop runs in pairs of steps: NVVM unrolls no further
 
 
 def _gemm_kernel(bm, bn, bk, dtypes):
@@ -46,7 +45,8 @@ def _gemm_kernel(bm, bn, bk, dtypes):
     constants: Numba folds them at compile time (shared and local array shapes must be
     constants) and keys its on-disk cache on their values.
     """
-    assert bm % 64 == 0 and bn % 64 == 0 and bk % UNROLL == 0, (bm, bn, bk)  # runs of 4
+    unroll = UNROLL[bm, bn, bk]
+    assert bm % 64 == 0 and bn % 64 == 0 and bk % unroll == 0, (bm, bn, bk)  # runs of 4
     rm, rn = bm // 16, bn // 16
     lda = bm + 4  # A-tile row pitch: the loader's stores hit distinct banks
     ldc = bn + 1  # epilogue staging pitch
@@ -99,9 +99,11 @@ def _gemm_kernel(bm, bn, bk, dtypes):
         iw0 = (prem - poh * ow_) * sw - pw
         xbase = pn * chw + g * gchw + ih0 * w_ + iw0
         if not p_ok:  # past the last pixel: every row test below fails
-            ih0 = -(1 << 40)
-        # One unsigned comparison tests both bounds: a negative row wraps to a huge one.
-        uh, uw = np.uint64(h), np.uint64(w_)
+            ih0 = -(1 << 30)
+        # One unsigned 32-bit comparison tests both bounds (a negative row wraps to a huge one);
+        # rows and columns fit in 32 bits (the table's 16-bit displacements), so NVVM narrows
+        # their arithmetic from numba's 64 bits.
+        uh, uw = np.uint32(h), np.uint32(w_)
         # A loader: one reduction column of rows wrow + a_step q of w.
         ak = tid % bk
         am = tid // bk
@@ -121,10 +123,10 @@ def _gemm_kernel(bm, bn, bk, dtypes):
                     pa[q] = v
                 for q in range(qb):
                     t = ktab[np.uint64(k0 + bk0 + b_step * q)]
-                    ih = ih0 + ((t >> 16) & 0xFFFF)
-                    iw = iw0 + (t & 0xFFFF)
+                    ih = np.uint32(ih0 + ((t >> 16) & 0xFFFF))
+                    iw = np.uint32(iw0 + (t & 0xFFFF))
                     v = zero
-                    if np.uint64(ih) < uh and np.uint64(iw) < uw:
+                    if ih < uh and iw < uw:
                         v = widen(x[np.uint64(xbase + (t >> 32))])
                     pb[q] = v
             if s > 0:  # multiply step s - 1, staged in buffer (s - 1) % 2
@@ -132,9 +134,9 @@ def _gemm_kernel(bm, bn, bk, dtypes):
                 # a run are at constant offsets from one address, which NVVM merges into one
                 # vector load.
                 cur = np.uint64((s - 1) & 1)
-                for kk2 in range(bk // UNROLL):
-                    for u in range(UNROLL):  # a constant trip count: unrolled
-                        ukk = np.uint64(kk2 * UNROLL + u)
+                for kk2 in range(bk // unroll):
+                    for u in range(unroll):  # a constant trip count: unrolled
+                        ukk = np.uint64(kk2 * unroll + u)
                         for i in range(rm):
                             af[i] = a_s[cur, ukk, uty4 + np.uint64(i // 4 * 64 + i % 4)]
                         for j in range(rn):
@@ -188,6 +190,9 @@ _GEMM_SIG = ("void({T}[::1], {T}[::1], {T}[:, ::1], int64[::1], {T}[::1], {T}[::
 # channels would leave SMs idle.
 BIG = (128, 128, 8)
 SMALL = (64, 64, 16)
+# Reduction steps per trip of the inner loop: as many as NVVM then unrolls (the loop body grows
+# with the tile), so the loop's own instructions are shared by more FMAs.
+UNROLL = {BIG: 2, SMALL: 4}
 _GEMMS = {BIG: _gemm_kernel(*BIG, dtypes=("float16", "float32")),
           SMALL: _gemm_kernel(*SMALL, dtypes=("float16", "float32", "float64"))}
 
