@@ -251,6 +251,7 @@ DEPTHWISE_TILE_CASES = [
     ("3x3_multiplier", (1, 2, 37, 35), (4, 1, 3, 3), dict(groups=2, padding=1)),
     ("3x3_strided", (2, 3, 75, 70), (3, 1, 3, 3), dict(groups=3, stride=2, padding=1)),
     ("5x3_dilated", (1, 2, 40, 37), (2, 1, 5, 3), dict(groups=2, padding=(3, 1), dilation=(2, 1))),
+    ("3x3_dilated", (1, 2, 36, 37), (2, 1, 3, 3), dict(groups=2, padding=2, dilation=2)),
 ]
 
 

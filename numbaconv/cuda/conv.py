@@ -24,28 +24,28 @@ _SIG = ("void({T}[:, :, :, ::1], {T}[:, :, :, ::1], {T}[:, :, :, ::1], {T}[::1],
 
 def _depthwise_kernel(fkh, fkw):
     """The kernel for convolutions whose groups read one input channel each (``C/groups == 1``),
-    with the kernel size ``fkh x fkw`` fixed at compile time (0, 0: read from ``w``'s shape).
+    with the kernel size ``fkh x fkw`` and dilation 1 fixed at compile time (0, 0: any size and
+    dilation, read from ``geom``).
 
     Grid (OC, N, row tiles x column tiles), 2-D blocks (bw, bh): a block covers one output plane
     (n, oc) over ``bw`` columns and ``bh * rows`` rows, thread (tx, ty) the outputs (ty + bh r,
     tx), r < rows. A warp's threads take neighbouring columns, so its loads of x and stores of
     out coalesce; the block's weights and bias are the same for every thread (broadcasts), and
-    the neighbouring windows' overlap is served from L1. A fixed kernel size keeps the weights
-    in registers for all of a thread's outputs and unrolls the taps.
+    the neighbouring windows' overlap is served from L1. A fixed size keeps the weights in
+    registers for all of a thread's outputs and unrolls the taps, which then load at constant
+    offsets from one address per kernel row.
 
-    out (N, OC, OH, OW); x (N, C, H, W); w (OC, 1, KH, KW); b (OC,) read only when
-    ``has_bias``; res (shaped as out) added before the activation, read only when ``has_res``;
-    geom = (stride h, stride w, pad top, pad left, dilation h, dilation w, rows, column tiles);
-    act, alpha: the fused activation.
+    Arrays are flat (C order): out (N*OC*OH*OW,); x (N*C*H*W,); w (OC*KH*KW,); b (OC,) read
+    only when ``has_bias``; res (shaped as out) added before the activation, read only when
+    ``has_res``; geom = (C, H, W, OC, OH, OW, KH, KW, stride h, stride w, pad top, pad left,
+    dilation h, dilation w, rows, column tiles); act, alpha: the fused activation.
     """
     nw = max(fkh * fkw, 1)
 
     def kernel(out, x, w, b, res, geom, has_bias, has_res, act, alpha):
-        h, w_ = x.shape[2], x.shape[3]
-        oc_, oh_, ow_ = out.shape[1], out.shape[2], out.shape[3]
-        sh, sw, ph, pw, dh, dw, rows, tiles_w = geom
-        kh = fkh if fkh else w.shape[2]
-        kw = fkw if fkw else w.shape[3]
+        c_, h, w_, oc_, oh_, ow_, kh, kw, sh, sw, ph, pw, dh, dw, rows, tiles_w = geom
+        if fkh:  # compile-time constants: the loops below unroll
+            kh, kw, dh, dw = fkh, fkw, 1, 1
         oc = cuda.blockIdx.x
         n = cuda.blockIdx.y
         tile_h = cuda.blockIdx.z // tiles_w
@@ -53,13 +53,13 @@ def _depthwise_kernel(fkh, fkw):
         if ow >= ow_:
             return
         bh = cuda.blockDim.y
-        c = oc // (oc_ // x.shape[1])  # the group's one input channel
+        xp = (n * c_ + oc // (oc_ // c_)) * h * w_  # the group's one input plane
+        op = (n * oc_ + oc) * oh_ * ow_ + ow
         acc_t = acc_dtype(x.dtype)  # float32 for float16 data
         wr = cuda.local.array(nw, dtype=acc_t)  # used when the size is fixed: registers
         if fkh:
-            for i in range(fkh):
-                for j in range(fkw):
-                    wr[i * fkw + j] = widen(w[oc, 0, i, j])
+            for e in range(fkh * fkw):
+                wr[e] = widen(w[oc * (fkh * fkw) + e])
         bias = widen(b[oc]) if has_bias else acc_t(0)
         iw0 = ow * sw - pw
         iw_in = iw0 >= 0 and iw0 + (kw - 1) * dw < w_
@@ -71,11 +71,11 @@ def _depthwise_kernel(fkh, fkw):
             v = bias
             if ih0 >= 0 and ih0 + (kh - 1) * dh < h and iw_in:  # inside: no tap tests
                 for i in range(kh):
-                    # Unsigned indices: known >= 0, so numba adds no negative-index wraparound.
-                    row = np.uint64(ih0 + i * dh)
+                    # Unsigned: known >= 0, so numba adds no negative-index wraparound.
+                    row = np.uint64(xp + (ih0 + i * dh) * w_ + iw0)
                     for j in range(kw):
-                        wv = wr[i * fkw + j] if fkh else widen(w[oc, 0, i, j])
-                        v += widen(x[n, c, row, np.uint64(iw0 + j * dw)]) * wv
+                        wv = wr[i * fkw + j] if fkh else widen(w[(oc * kh + i) * kw + j])
+                        v += widen(x[row + np.uint64(j * dw)]) * wv
             else:
                 for i in range(kh):
                     ih = ih0 + i * dh
@@ -83,21 +83,22 @@ def _depthwise_kernel(fkh, fkw):
                         for j in range(kw):
                             iw = iw0 + j * dw
                             if iw >= 0 and iw < w_:
-                                wv = wr[i * fkw + j] if fkh else widen(w[oc, 0, i, j])
-                                v += widen(x[n, c, ih, iw]) * wv
+                                wv = wr[i * fkw + j] if fkh else widen(w[(oc * kh + i) * kw + j])
+                                v += widen(x[np.uint64(xp + ih * w_ + iw)]) * wv
+            o = np.uint64(op + oh * ow_)
             if has_res:
-                v += widen(res[n, oc, oh, ow])
-            out[n, oc, oh, ow] = apply_act(v, act, alpha)  # the one rounding
+                v += widen(res[o])
+            out[o] = apply_act(v, act, alpha)  # the one rounding
 
     name = f"_conv2d_depthwise_{fkh}x{fkw}" if fkh else "_conv2d_depthwise"
     kernel.__name__ = kernel.__qualname__ = name
-    return _cuda.kernel(_DW_SIG, half=True)(kernel)
+    return _cuda.kernel("void({T}[::1], {T}[::1], {T}[::1], {T}[::1], {T}[::1], "
+                        "UniTuple(int64, 16), boolean, boolean, int64, float64)", half=True)(kernel)
 
 
-_DW_SIG = _SIG.replace("UniTuple(int64, 7)", "UniTuple(int64, 8)")
-# The fixed-size variant for 3x3 (MobileNet, EfficientNet's and ResNeXt's depthwise layers), the
-# general one for the rest.
-_DEPTHWISE = {(3, 3): _depthwise_kernel(3, 3), None: _depthwise_kernel(0, 0)}
+# The fixed-size variant for undilated 3x3 (MobileNet's, EfficientNet's and ResNeXt's depthwise
+# layers), the general one for the rest.
+_DEPTHWISE = {(3, 3, 1, 1): _depthwise_kernel(3, 3), None: _depthwise_kernel(0, 0)}
 DW_THREADS = 256
 
 
@@ -199,10 +200,12 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
         device = getattr(cuda.get_current_device(), "id", 0)  # the simulator's has none
         block, rows, tiles_h, tiles_w = _depthwise_shape(n, oc, oh, ow, device)
         if n < 2**16 and tiles_h * tiles_w < 2**16:  # grid y and z limits
-            kernel = _DEPTHWISE.get((kh, kw), _DEPTHWISE[None])
-            geom = (sh, sw, ph, pw, dh, dw, rows, tiles_w)
-            kernel[(oc, n, tiles_h * tiles_w), block](out, x, w, bias, res, geom, has_bias,
-                                                      has_res, int(act), float(alpha))
+            kernel = _DEPTHWISE.get((kh, kw, dh, dw), _DEPTHWISE[None])
+            geom = (x.shape[1], x.shape[2], x.shape[3], oc, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw,
+                    rows, tiles_w)
+            kernel[(oc, n, tiles_h * tiles_w), block](flat(out), flat(x), flat(w), flat(bias),
+                                                      flat(res), geom, has_bias, has_res,
+                                                      int(act), float(alpha))
             return
     if oc // groups >= GEMM_MIN_OC and gemm.conv2d(out, x, w, b, residual, stride, padding,
                                                    dilation, groups, act, alpha):
