@@ -7,6 +7,11 @@ nvJitLink's ptxas (:func:`numbaconv._cuda.kernel_resources`). These are static c
 figures, not measurements on a GPU. Writes ``cuda-kernels.md`` and ``cuda-kernels.json`` to
 DIR (default bench/results).
 
+Where nvdisasm is installed (the cuda13 extra, or pip install nvidia-cuda-nvdisasm), the
+cubin's SASS (:func:`numbaconv._cuda.kernel_sass`) adds the instruction count, the FMA share of
+the hot loop and, for the implicit-GEMM kernels, the FMA share of one staged reduction step;
+without it the report is written without those columns and says why.
+
 Threads per block are read from the launcher's ``kernel[grid, THREADS]`` launch in the kernel's
 module when THREADS is a module constant; otherwise 256 is assumed (marked ``*``).
 Occupancy follows CUDA's occupancy calculator for sm_90 at the maximum shared-memory carveout.
@@ -24,6 +29,8 @@ import time
 
 CC = (9, 0)
 ASSUMED_THREADS = 256
+FMA = ("FFMA", "DFMA", "HFMA2")  # SASS opcodes of fused multiply-adds (sass_opcodes keys)
+GEMM = re.compile(r"numbaconv\.cuda\.gemm\._conv2d_gemm_(\d+)x(\d+)$")
 # sm_90 (H100 / H200) per SM: registers (allocated per warp in units of 256, split evenly over
 # 4 sub-partitions), warps, resident blocks, shared memory (+1 KB reserved per block, allocated
 # in 128-byte units).
@@ -68,8 +75,56 @@ def launch_threads(name):
     return found.pop() if len(found) == 1 and None not in found else None
 
 
-def collect(progress=print):
-    """One row per (kernel, float32 / float16 signature)."""
+def _fma(loop):
+    return sum(loop["opcodes"][op] for op in FMA)
+
+
+def hot_loop(loops):
+    """The hot loop among ``_cuda.sass_loops`` ``loops``: of the innermost loops (no loop inside)
+    that contain FMAs, one at the deepest nesting, with the most FMAs; None if there is none.
+
+    Depth first: a GEMM kernel's epilogue loop holds more FMAs (every branch of the fused
+    activation's polynomials) than its reduction loop, nested in the staging loop, which runs
+    the most."""
+    inner = [lp for lp in loops if not lp["contains_loop"] and _fma(lp)]
+    return max(inner, key=lambda lp: (lp["depth"], _fma(lp)), default=None)
+
+
+def gemm_step(name, loops, hot):
+    """FMAs and instructions of one staged reduction step of implicit-GEMM kernel ``name``:
+    the hot (inner) loop times its trips per step, bk / UNROLL, plus the rest of the loop that
+    encloses it (staging, barrier); None for other kernels or without an enclosing loop."""
+    tile = GEMM.match(name)
+    if tile is None or hot is None or hot["parent"] is None:
+        return None
+    from numbaconv.cuda import gemm
+
+    bm, bn = int(tile[1]), int(tile[2])
+    (shape,) = [t for t in (gemm.BIG, gemm.SMALL) if t[:2] == (bm, bn)]
+    trips = shape[2] // gemm.UNROLL[shape]
+    outer = loops[hot["parent"]]
+    return {"trips": trips,
+            "fma": _fma(hot) * trips + _fma(outer) - _fma(hot),
+            "instructions": hot["instructions"] * trips + outer["instructions"]
+            - hot["instructions"]}
+
+
+def sass_figures(name, func, sig):
+    """SASS columns of one row: total instructions, hot loop, staged GEMM step."""
+    from numbaconv import _cuda
+
+    sass = _cuda.kernel_sass(func, sig, CC)
+    loops = _cuda.sass_loops(sass)
+    hot = hot_loop(loops)
+    return {"sass_instructions": sum(_cuda.sass_opcodes(sass).values()),
+            "hot_loop": None if hot is None else {
+                "label": hot["label"], "fma": _fma(hot), "instructions": hot["instructions"],
+                "opcodes": dict(hot["opcodes"].most_common())},
+            "staged_step": gemm_step(name, loops, hot)}
+
+
+def collect(progress=print, sass=True):
+    """One row per (kernel, float32 / float16 signature); with ``sass``, the SASS figures too."""
     from numbaconv import _cuda
 
     importlib.import_module("numbaconv.cuda")  # registers every kernel
@@ -88,26 +143,58 @@ def collect(progress=print):
             row = {"kernel": name.removeprefix("numbaconv.cuda."), "dtype": dtype, **res,
                    "threads": t, "threads_assumed": threads is None, "blocks_per_sm": blocks,
                    "occupancy": occ, "limiter": limiter}
+            if sass:
+                row.update(sass_figures(name, func, sig))
             rows.append(row)
             progress(format_row(row))
     return rows
 
 
+def _share(figures):
+    if figures is None:
+        return "-"
+    fma, n = figures["fma"], figures["instructions"]
+    return f"{fma}/{n} FMA ({100 * fma / n:.0f}%)"
+
+
 def format_row(r):
     spills = f"{r['spill_stores']}/{r['spill_loads']}"
     threads = f"{r['threads']}{'*' if r['threads_assumed'] else ''}"
+    sass = (f" {r['sass_instructions']} | {_share(r['hot_loop'])} | "
+            f"{_share(r['staged_step'])} |") if "sass_instructions" in r else ""
     return (f"| {r['kernel']} | {r['dtype']} | {r['registers']} | {r['stack']} | {spills} | "
             f"{r['smem']} | {threads} | {r['blocks_per_sm']} | {100 * r['occupancy']:.0f}% | "
-            f"{r['limiter']} |")
+            f"{r['limiter']} |{sass}")
 
 
 HEADER = ["| kernel | dtype | registers | stack B | spill st/ld B | static smem B | threads/block "
           "| blocks/SM | occupancy | limited by |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+SASS_HEADER = [" SASS instructions | hot loop | GEMM staged step |", " --- | --- | --- |"]
+
+
+def header(sass):
+    return [line + extra for line, extra in zip(HEADER, SASS_HEADER)] if sass else HEADER
+
+
+SASS_NOTE = (
+    "SASS (from the cubin, disassembled by nvdisasm): *SASS instructions* counts the kernel "
+    "and the device functions it calls. *Hot loop*: the loop (a label and a backward branch) "
+    "that nests deepest among those holding fused multiply-adds (FFMA, DFMA, HFMA2), with the "
+    "most of them; the figure is its FMAs / instructions per trip. *GEMM staged step* (the "
+    "implicit-GEMM kernels): one staged bk-deep reduction step, the inner loop's instructions "
+    "times its bk / UNROLL trips plus the rest of the enclosing loop (global loads into "
+    "registers, shared stores, the barrier), which the main loop repeats. The FP32 peak is "
+    "one FFMA per lane per cycle, and every other instruction takes an issue slot that an "
+    "FFMA could have used, so this FFMA share bounds the fraction of the peak the main loop "
+    "can reach, before any stall (64%: at most 64% of the peak). Static counts, not a "
+    "profile.")
 
 
 def markdown(result):
     rows = result["rows"]
+    sass = result["sass_unavailable"] is None
+    note = SASS_NOTE if sass else f"No SASS figures: {result['sass_unavailable']}."
     flagged = sorted({r["kernel"] for r in rows if r["stack"] or r["spill_stores"]
                       or r["spill_loads"]})
     return "\n".join([
@@ -118,8 +205,8 @@ def markdown(result):
         "Occupancy: theoretical, at the maximum shared-memory carveout (per SM: 65536 "
         "registers, 64 warps, 32 blocks, 228 KB shared, 1 KB reserved per block). "
         "Threads per block from the launcher; `*`: not a module constant, 256 assumed.",
-        f"Kernels with a stack frame or spills: {', '.join(flagged) or 'none'}.", "",
-        *HEADER, *(format_row(r) for r in rows), ""])
+        f"Kernels with a stack frame or spills: {', '.join(flagged) or 'none'}.", "", note, "",
+        *header(sass), *(format_row(r) for r in rows), ""])
 
 
 def main(argv=None):
@@ -132,11 +219,18 @@ def main(argv=None):
     from numbaconv import _cuda
     from numbaconv.bench import _git_commit
 
-    print(*HEADER, sep="\n")
+    try:
+        _cuda.nvdisasm_path()
+        unavailable = None
+    except RuntimeError as exc:
+        unavailable = str(exc)
+        print(f"no SASS figures: {unavailable}")
+    print(*header(unavailable is None), sep="\n")
     result = {"what": "ptxas resource usage (static compiler data, not a GPU measurement)",
               "arch": f"sm_{CC[0]}{CC[1]}", "nvjitlink": _cuda.nvjitlink_version(),
               "numba_cuda": numba_cuda.__version__, "commit": _git_commit(),
-              "when": time.strftime("%Y-%m-%d %H:%M"), "sm": SM90, "rows": collect()}
+              "when": time.strftime("%Y-%m-%d %H:%M"), "sm": SM90,
+              "sass_unavailable": unavailable, "rows": collect(sass=unavailable is None)}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "cuda-kernels.json"), "w") as f:
         json.dump(result, f, indent=1)

@@ -334,30 +334,42 @@ def nvjitlink_version():
     return f"{major}.{minor}"
 
 
-def _ptxas_log(ptx, cc):
-    # Assemble PTX to SASS with nvJitLink's ptxas in verbose mode; return its info log.
+def _nvjitlink_link(ptx, cc, options, result):
+    # Assemble PTX for sm_<cc> with nvJitLink's ptxas (plus options); return result(nv, read),
+    # where read(nv.get_X_size, nv.get_X) reads one of the handle's buffers (a log, the cubin).
     nv = _nvjitlink()
+    options = [f"-arch=sm_{cc[0]}{cc[1]}", *options, "-O3"]
     try:
-        handle = nv.create(3, [f"-arch=sm_{cc[0]}{cc[1]}", "-verbose", "-O3"])
+        handle = nv.create(len(options), options)
     except Exception as exc:  # libnvJitLink.so missing, or an arch it does not know
         raise RuntimeError(f"nvJitLink is unavailable ({type(exc).__name__}: {exc})") from None
 
-    def log(size, get):
-        buf = bytearray(size(handle))
+    def read(size, get):
+        buf = bytearray(size(handle))  # a bytearray: the bindings write into it
         get(handle, buf)
-        return buf.decode(errors="replace").rstrip("\x00")
+        return bytes(buf)
 
     try:
         data = ptx.encode()
-        nv.add_data(handle, nv.InputType.PTX, data, len(data), "kernel")
-        try:
+        try:  # add_data already compiles the PTX
+            nv.add_data(handle, nv.InputType.PTX, data, len(data), "kernel")
             nv.complete(handle)
         except Exception as exc:
             raise RuntimeError(f"ptxas (nvJitLink) rejected the PTX: {exc}\n"
-                               f"{log(nv.get_error_log_size, nv.get_error_log)}") from None
-        return log(nv.get_info_log_size, nv.get_info_log)
+                               f"{_text(read(nv.get_error_log_size, nv.get_error_log))}") from None
+        return result(nv, read)
     finally:
         nv.destroy(handle)
+
+
+def _ptxas_log(ptx, cc):
+    # Assemble PTX to SASS with nvJitLink's ptxas in verbose mode; return its info log.
+    return _nvjitlink_link(ptx, cc, ["-verbose"], lambda nv, read: _text(
+        read(nv.get_info_log_size, nv.get_info_log)))
+
+
+def _text(log):
+    return log.decode(errors="replace").rstrip("\x00")
 
 
 def kernel_resources(func, signature, cc):
@@ -393,6 +405,142 @@ def kernel_resources(func, signature, cc):
     return {"registers": int(used[1]), "stack": int(used[2]),
             "spill_stores": sum(int(s) for s, _ in spills),
             "spill_loads": sum(int(lo) for _, lo in spills), "smem": int(used[3])}
+
+
+def nvdisasm_path():
+    """Path of NVIDIA's disassembler ``nvdisasm``: the one of the nvidia-cuda-nvdisasm wheel
+    (``nvidia/cu13/bin``; ``nvidia/cuda_nvdisasm/bin`` for CUDA 12), which matches the nvJitLink
+    wheel, else the first on ``PATH``; ``RuntimeError`` (with the pip command) if neither."""
+    import glob
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.find_spec("nvidia")  # the namespace package of NVIDIA's wheels
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for name in ("nvdisasm", "nvdisasm.exe"):
+            found = sorted(glob.glob(os.path.join(root, "*", "bin", name)))
+            if found:
+                return found[-1]
+    found = shutil.which("nvdisasm")
+    if found is None:
+        raise RuntimeError("nvdisasm is unavailable (not on PATH, no NVIDIA wheel ships it): "
+                           "pip install nvidia-cuda-nvdisasm")
+    return found
+
+
+def kernel_sass(func, signature, cc):
+    """The SASS (machine code) of kernel ``func`` compiled for ``signature`` and compute
+    capability ``cc``, as ``nvdisasm -c`` prints it, obtained without a GPU.
+
+    The kernel is compiled to PTX with :func:`compile_ptx`, assembled to a cubin by nvJitLink
+    (``-O3``, as in :func:`kernel_resources`) and disassembled by :func:`nvdisasm_path`'s tool.
+    The text holds the kernel and the device functions it calls (division slow paths and the
+    like); :func:`sass_loops` finds its loops.
+
+    Parameters
+    ----------
+    func, signature, cc : as for :func:`kernel_resources`.
+
+    Returns
+    -------
+    str, one instruction per line (``/*0010*/  FFMA R4, R8, R12, R4 ;``), with the branch
+    targets as labels (``.L_x_12:``).
+
+    Raises
+    ------
+    RuntimeError
+        If nvJitLink or nvdisasm is unavailable, ptxas rejects the PTX or nvdisasm fails.
+    """
+    import subprocess
+    import tempfile
+
+    tool = nvdisasm_path()
+    cubin = _nvjitlink_link(compile_ptx(func, signature, cc), cc, [], lambda nv, read: read(
+        nv.get_linked_cubin_size, nv.get_linked_cubin))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        done = subprocess.run([tool, "-c", path], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"nvdisasm failed for {signature} (exit {done.returncode}):\n"
+                           f"{done.stderr}")
+    return done.stdout
+
+
+# An instruction line of nvdisasm: "/*0a40*/  @!P0 LDS.128 R8, [R3+0x10] ;" -> "LDS.128".
+_SASS_OPCODE = re.compile(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+_SASS_LABEL = re.compile(r"\s*(\.L_\w+):")
+_SASS_BRANCH = re.compile(r"\bBRA\b[^`]*`\((\.L_\w+)\)")
+
+
+def _sass_opcode(line):
+    # The opcode's first dotted part (FFMA.FTZ -> FFMA); loads and stores keep their modifiers,
+    # which give the access width (LDS vs LDS.128, LDG.E.128.CONSTANT); None if no instruction.
+    m = _SASS_OPCODE.match(line)
+    if m is None:
+        return None
+    if m[1].startswith("HFMA2") and re.search(r"HFMA2\S*\s+\S+\s+-RZ, RZ,", line):
+        return "MOV"  # -0 * 0 + constant: how ptxas loads a constant, not an FMA
+    return m[1] if m[1].startswith(("LD", "ST")) else m[1].split(".")[0]
+
+
+def sass_opcodes(sass):
+    """``collections.Counter`` of the opcodes of the SASS text ``sass`` (from
+    :func:`kernel_sass`): the first dotted part (``FFMA.FTZ`` counts as ``FFMA``), except that
+    loads and stores keep their modifiers (``LDS`` and ``LDS.128`` count apart) and that
+    ``HFMA2.MMA Rd, -RZ, RZ, a, b``, ptxas's way of loading a constant, counts as ``MOV``."""
+    import collections
+
+    return collections.Counter(op for op in map(_sass_opcode, sass.splitlines()) if op)
+
+
+def sass_loops(sass):
+    """The loops of the SASS text ``sass`` (from :func:`kernel_sass`).
+
+    A loop is a label and the last backward branch (``BRA``) to it; its body is every
+    instruction between them, so a loop nested in it counts once (one trip). The one-instruction
+    ``BRA`` to itself that ends every function is not a loop.
+
+    Returns
+    -------
+    list, in the order of the text, of dicts: ``label`` (str), ``lines`` (first, last line
+    index into ``sass.splitlines()``), ``instructions`` (int), ``opcodes``
+    (``collections.Counter`` keyed as :func:`sass_opcodes`), ``contains_loop`` (bool: another
+    loop lies inside it), ``parent`` (index in this list of the innermost loop enclosing it, or
+    None), ``depth`` (how many loops enclose it).
+    """
+    import collections
+
+    lines = sass.splitlines()
+    opcodes = [_sass_opcode(line) for line in lines]
+    starts, ends = {}, {}
+    for i, line in enumerate(lines):
+        label = _SASS_LABEL.match(line)
+        if label:
+            starts[label[1]] = i
+            continue
+        target = _SASS_BRANCH.search(line) if opcodes[i] == "BRA" else None
+        if target and target[1] in starts:  # its label lies above: a backward branch
+            ends[target[1]] = i
+    loops = []
+    for label, end in ends.items():
+        body = collections.Counter(op for op in opcodes[starts[label]:end + 1] if op)
+        if sum(body.values()) > 1:
+            loops.append({"label": label, "lines": (starts[label], end),
+                          "instructions": sum(body.values()), "opcodes": body,
+                          "contains_loop": False, "parent": None, "depth": 0})
+    loops.sort(key=lambda lp: lp["lines"])
+    for i, inner in enumerate(loops):
+        (first, last), enclosing = inner["lines"], []
+        for j, outer in enumerate(loops):
+            if j != i and outer["lines"][0] < first and last <= outer["lines"][1]:
+                enclosing.append(j)
+                outer["contains_loop"] = True
+        if enclosing:  # the innermost enclosing loop starts last
+            inner["parent"] = max(enclosing, key=lambda j: loops[j]["lines"][0])
+            inner["depth"] = len(enclosing)
+    return loops
 
 
 # ---- device memory: a caching pool --------------------------------------------------------------

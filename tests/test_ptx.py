@@ -151,3 +151,28 @@ def test_gemm_accumulators_in_registers_on_sm90(resources, name):
     res = resources(name)
     assert res["stack"] == 0, f"{name}: {res['stack']}-byte stack frame on sm_90 (accumulators " \
         f"not promoted to registers): {res}"
+
+
+# ---- SASS of the GEMM kernels on sm_90 (nvJitLink cubin, nvdisasm), float32 -------------------
+@pytest.mark.parametrize("name", _register_tiled())
+def test_gemm_hot_loop_is_fma_bound_with_128bit_shared_loads(compile_ptx, name):
+    # The reduction loop (the innermost loop nested deepest; the epilogue's loop, less deep,
+    # holds more FFMAs in the activation's branches) must spend at least 3 of 4 issue slots on
+    # FFMA, the FP32 peak's bound, and read its shared fragments with 128-bit loads.
+    try:
+        _cuda.nvjitlink_version()
+        _cuda.nvdisasm_path()
+    except RuntimeError as exc:
+        unavailable(str(exc))
+    registry = {k[0]: k for k in KERNELS}
+    assert name in registry, f"no registered kernel matches {name} (renamed? update " \
+        "REGISTER_TILED)"
+    _, func, sigs = registry[name]
+    loops = _cuda.sass_loops(_cuda.kernel_sass(func, _float32_signature(sigs), SM90))
+    inner = [lp for lp in loops if not lp["contains_loop"] and lp["opcodes"]["FFMA"]]
+    assert inner, f"{name}: no loop with FFMA in its sm_90 SASS"
+    hot = max(inner, key=lambda lp: (lp["depth"], lp["opcodes"]["FFMA"]))
+    ffma, n = hot["opcodes"]["FFMA"], hot["instructions"]
+    figures = f"{ffma}/{n} FFMA, {dict(hot['opcodes'].most_common(8))}"
+    assert ffma >= 0.75 * n, f"{name}: hot loop {figures}"
+    assert hot["opcodes"]["LDS.128"], f"{name}: no 128-bit shared load in the hot loop: {figures}"
