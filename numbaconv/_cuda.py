@@ -77,6 +77,8 @@ def is_device_array(x):
     """True for arrays that live on the GPU (anything with ``__cuda_array_interface__``)."""
     if isinstance(x, np.ndarray):
         return False
+    if type(x).__name__ == "DeviceNDArray":  # numba's: skip building the interface (per call)
+        return True
     if hasattr(x, "__cuda_array_interface__"):
         return True
     # The simulator's arrays are host memory dressed as device arrays, without the interface.

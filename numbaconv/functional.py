@@ -206,6 +206,12 @@ def _int_tuple(value, n, op, name, minimum):
     return vals
 
 
+def _reshape(a, shape):
+    """``a.reshape(shape)``, or ``a`` itself when it has that shape already: a numba device
+    array's reshape builds a new array object, host time that counts in every small op."""
+    return a if tuple(a.shape) == tuple(shape) else a.reshape(shape)
+
+
 def _rank(call, name, ranks):
     a = call[name]
     if a.ndim not in ranks:
@@ -419,14 +425,14 @@ def _conv(op, nd, input, weight, bias, stride, padding, dilation, groups, activa
         return _conv_host(plan, input, weight, bias, residual)
     out = call.empty((n, oc) + tuple(out_spatial), dtype)
     if out.size:
-        x = call.ready("input").reshape((n, c) + tuple(spatial))
-        w = call.ready("weight").reshape((oc, cpg) + tuple(ksize))
+        x = _reshape(call.ready("input"), (n, c) + tuple(spatial))
+        w = _reshape(call.ready("weight"), (oc, cpg) + tuple(ksize))
         res = call.ready("residual")
         if res is not None:
-            res = res.reshape(out.shape)
+            res = _reshape(res, out.shape)
         _backend(call.device).conv2d(out, x, w, call.ready("bias"), res, stride,
                                      (pads[0][0], pads[1][0]), dilation, groups, act, alpha)
-    return call.finish(out.reshape(out_shape))
+    return call.finish(_reshape(out, out_shape))
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -530,8 +536,8 @@ def _run_pool(call, dtype, shape, out_hw, launch):
     n, c = (1,) + shape[:1] if len(shape) == 3 else shape[:2]
     out = call.empty((n, c) + out_hw, dtype)
     if out.size:
-        launch(out, call.ready("input").reshape((n, c) + shape[-2:]))
-    return call.finish(out.reshape(shape[:-2] + out_hw))
+        launch(out, _reshape(call.ready("input"), (n, c) + shape[-2:]))
+    return call.finish(_reshape(out, shape[:-2] + out_hw))
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
@@ -806,10 +812,10 @@ def linear(input, weight, bias=None):
     out = call.empty((rows, m), dtype)
     if out.size:
         b = call.ready("bias")
-        _backend(call.device).linear(out, call.ready("input").reshape((rows, k)),
-                                     call.ready("weight").reshape((m, k)),
-                                     None if b is None else b.reshape((m,)))
-    return call.finish(out.reshape(xs[:-1] + (() if vector_weight else (m,))))
+        _backend(call.device).linear(out, _reshape(call.ready("input"), (rows, k)),
+                                     _reshape(call.ready("weight"), (m, k)),
+                                     None if b is None else _reshape(b, (m,)))
+    return call.finish(_reshape(out, xs[:-1] + (() if vector_weight else (m,))))
 
 
 def _softmax(op, input, dim, log):

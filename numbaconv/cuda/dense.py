@@ -11,7 +11,7 @@ from numbaconv import _cuda
 from numbaconv._ops import ACT_NONE
 from numbaconv.cuda import gemm
 from numbaconv.cuda._common import (THREADS, acc_dtype, block_sum, blocks, max_sum_exp, nan_max,
-                                    widen)
+                                    view, widen)
 
 cuda = _cuda.cuda()
 
@@ -30,8 +30,8 @@ def linear(out, x, w, b):
     if out.size == 0:  # a zero grid dimension is a launch error
         return
     (m, n), k = out.shape, x.shape[1]
-    as_image = [a.reshape(shape) for a, shape in ((out, (m, n, 1, 1)), (x, (m, k, 1, 1)),
-                                                   (w, (n, k, 1, 1)))]
+    as_image = [view(a, shape) for a, shape in ((out, (m, n, 1, 1)), (x, (m, k, 1, 1)),
+                                                (w, (n, k, 1, 1)))]
     one = (1, 1)
     gemm.conv2d(*as_image, b, None, one, (0, 0), one, 1, ACT_NONE, 0.0)
 

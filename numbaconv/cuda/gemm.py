@@ -15,7 +15,7 @@ value is converted once as it is loaded, and the output is rounded to float16 on
 import numpy as np
 
 from numbaconv import _cuda
-from numbaconv.cuda._common import THREADS, acc_dtype, apply_act, blocks, flat, widen
+from numbaconv.cuda._common import THREADS, acc_dtype, apply_act, blocks, flat, view, widen
 
 cuda = _cuda.cuda()
 
@@ -216,9 +216,7 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
     if max(h + ph, w_ + pw, dh * (kh - 1), dw * (kw - 1)) >= _FAR or cg * h * w_ >= 2**31:
         return False
     has_bias, has_res = b is not None, residual is not None
-    # Stand-ins for absent arguments, never read: no allocation.
-    bias = b if has_bias else flat(w)
-    res = residual if has_res else out
+    bias = b if has_bias else flat(w)  # a stand-in, never read: no allocation
     ocg = oc // groups
     device = getattr(cuda.get_current_device(), "id", 0)  # the simulator's has none
     tile = _gemm_tile(out.dtype, n * oh * ow, ocg, groups, device)
@@ -226,9 +224,10 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
     geom = (n, oc, oh, ow, h, w_, c * h * w_, cg * h * w_, sh, sw, ph, pw, int(groups))
     grid = (-(-n * oh * ow // bn), -(-ocg // bm), groups)
     ktab = _ktab(device, cg, kh, kw, dh, dw, h, w_, bk)
-    kernel[grid, GEMM_THREADS](flat(out), flat(x), w.reshape(oc, cg * kh * kw), ktab,
-                               flat(bias), flat(res), geom, has_bias, has_res, int(act),
-                               float(alpha))
+    out_f = flat(out)
+    kernel[grid, GEMM_THREADS](out_f, flat(x), view(w, (oc, cg * kh * kw)), ktab, flat(bias),
+                               flat(residual) if has_res else out_f, geom, has_bias, has_res,
+                               int(act), float(alpha))
     return True
 
 
