@@ -10,6 +10,9 @@
 #             cannot run fails the session), 8 xdist workers; junit XML in $OUT.
 #   sanitize  compute-sanitizer memcheck and racecheck over the CUDA tests of the kernel
 #             families (conv, pool, dense, norm, activation, parity).
+#   profile   ncu counters (speed of light, occupancy, warp stalls, pipes, memory) of the conv
+#             kernels on four bench layers at batch 32 (ResNet-50 3x3 at 56 and 7: the two GEMM
+#             tiles; MobileNetV2 depthwise at 112 and 14); ncu.txt in $OUT.
 #   bench     python -m numbaconv bench on CUDA: conv sets at batch 32 and 1, host overhead,
 #             ResNet-18 / MobileNetV2 end to end; gpu.json/.md/.png in $OUT; then ptxas
 #             registers/stack/spills/occupancy per kernel (bench/kernels.py, cuda-kernels.*).
@@ -18,6 +21,7 @@
 # Suggested calls (each with carry [".whl"]):
 #   bash bench/gpu.sh setup test
 #   bash bench/gpu.sh setup sanitize bench
+#   bash bench/gpu.sh setup profile
 # Then copy the files from $OUT into bench/results/.
 set -uo pipefail
 
@@ -84,6 +88,35 @@ stage_sanitize() {
     done
 }
 
+stage_profile() {
+    # One launch per layer (the compile happens on the first call, before any launch); only
+    # the conv kernels are profiled (not the k-table fill).
+    cat > /tmp/ncu_layers.py <<'PY'
+import numpy as np
+import numbaconv as nc
+from numbaconv import bench
+
+layers = {la[0]: la for s in bench.SETS.values() for la in s}
+rng = np.random.default_rng(0)
+for name in ("resnet50.3x3.56", "resnet50.3x3.7", "mobilenetv2.dw3x3.112.32",
+             "mobilenetv2.dw3x3.14.576"):
+    _, c, oc, hw, k, s, p, g = layers[name]
+    x = nc.to_device(rng.standard_normal((32, c, hw, hw), dtype=np.float32))
+    w = nc.to_device(rng.standard_normal((oc, c // g, k, k), dtype=np.float32))
+    nc.to_numpy(nc.functional.conv2d(x, w, stride=s, padding=p, groups=g))
+    print("profiled", name, flush=True)
+PY
+    NUMBACONV_DEVICE=cuda timeout 400 ncu --clock-control none --target-processes all \
+        --kernel-name regex:'conv2d_(gemm|depthwise)' \
+        --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+        --section WarpStateStats --section InstructionStats \
+        $PY /tmp/ncu_layers.py > "$OUT/ncu.txt" 2>&1 || fail "ncu profile"
+    grep -E "profiled|conv2d_|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|DRAM Throughput" \
+        "$OUT/ncu.txt" | head -80
+}
+
+
 stage_bench() {
     NUMBACONV_DEVICE=cuda timeout 420 $PY -m numbaconv bench --fresh --out "$OUT" \
         --only conv overhead e2e --sets resnet50 mobilenetv2 --batches 32 1 --nets resnet18 \
@@ -91,11 +124,11 @@ stage_bench() {
     $PY bench/kernels.py --out "$OUT" | tail -3 || echo "note: bench/kernels.py failed (nvJitLink?)"
 }
 
-[ $# -gt 0 ] || { sed -n '2,21p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,25p' "$0"; exit 2; }
 for s in "$@"; do
     case "$s" in
-        wheels|setup|test|sanitize|bench) step "$s"; "stage_$s" ;;
-        *) echo "unknown stage $s (wheels, setup, test, sanitize, bench)"; exit 2 ;;
+        wheels|setup|test|sanitize|profile|bench) step "$s"; "stage_$s" ;;
+        *) echo "unknown stage $s (wheels, setup, test, sanitize, profile, bench)"; exit 2 ;;
     esac
 done
 step "done, status $status"
