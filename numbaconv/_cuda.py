@@ -255,10 +255,31 @@ class _Kernel:
 
     def __getitem__(self, config):
         grid, block = config
-        return self.dispatcher[grid, block, current_stream()]
+        # numba warns (NumbaPerformanceWarning) about every grid under 128 blocks; numbaconv
+        # launches small grids on purpose for small inputs, so its launches skip the check.
+        settings = _numba_settings()
+        if settings is None:
+            return self.dispatcher[grid, block, current_stream()]
+        warn = settings.CUDA_LOW_OCCUPANCY_WARNINGS
+        settings.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+        try:
+            return self.dispatcher[grid, block, current_stream()]
+        finally:
+            settings.CUDA_LOW_OCCUPANCY_WARNINGS = warn
 
     def __getattr__(self, name):  # the dispatcher's attributes (py_func, overloads, ...)
         return getattr(self.dispatcher, name)
+
+
+def _numba_settings():
+    # The numba-cuda config module its launches read (None where it has no such setting).
+    if "settings" not in _state:
+        import numba.cuda.dispatcher as dispatcher  # numba-cuda internals: kept in this module
+
+        settings = getattr(dispatcher, "config", None)
+        _state["settings"] = settings if hasattr(settings, "CUDA_LOW_OCCUPANCY_WARNINGS") \
+            else None
+    return _state["settings"]
 
 
 def overload(func):
