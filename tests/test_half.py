@@ -93,6 +93,20 @@ def test_conv2d_fused(rng, cuda, xs, ws, kw):
 
 
 @pytest.mark.cuda_only
+@pytest.mark.parametrize("tile", ["BIG", "SMALL"])
+def test_conv2d_gemm_tiles(rng, cuda, monkeypatch, tile):
+    # Both tile shapes of the implicit GEMM (chosen by problem size elsewhere), over several
+    # tiles of output channels and pixels and several reduction steps.
+    from numbaconv.cuda import gemm
+
+    chosen = getattr(gemm, tile)
+    monkeypatch.setattr(gemm, "_gemm_tile", lambda *args: chosen)
+    x, w, b = half(rng, (2, 5, 9, 8), -2, 2), half(rng, (130, 5, 3, 3)), half(rng, (130,))
+    kw = dict(padding=1, activation="relu")
+    run("conv2d", (x, w, b), kw, scale=conv_scale(x, w, b, kw))
+
+
+@pytest.mark.cuda_only
 def test_conv1d(rng, cuda):
     x, w, b = half(rng, (2, 3, 9)), half(rng, (4, 3, 3)), half(rng, (4,))
     kw = dict(padding=1, stride=2)

@@ -241,10 +241,15 @@ def _gemm_tile(dtype, n_pix, ocg, groups, device):
 
 
 def sm_count(device):
-    """Streaming multiprocessors of ``device`` (the simulator: 1)."""
+    """Streaming multiprocessors of ``device``. The simulator's device has none; it counts as
+    the reference GPU's (an H200: 132), so that its tests choose tiles and grids as that GPU
+    would (small problems take the small tile, whose simulation is also 4 times cheaper)."""
     if device not in _SMS:
-        _SMS[device] = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 1)
+        _SMS[device] = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", REFERENCE_SMS)
     return _SMS[device]
+
+
+REFERENCE_SMS = 132
 
 
 _SMS = {}  # device id -> SM count
