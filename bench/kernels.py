@@ -29,7 +29,6 @@ import time
 
 CC = (9, 0)
 ASSUMED_THREADS = 256
-FMA = ("FFMA", "DFMA", "HFMA2")  # SASS opcodes of fused multiply-adds (sass_opcodes keys)
 GEMM = re.compile(r"numbaconv\.cuda\.gemm\._conv2d_gemm_(\d+)x(\d+)$")
 # sm_90 (H100 / H200) per SM: registers (allocated per warp in units of 256, split evenly over
 # 4 sub-partitions), warps, resident blocks, shared memory (+1 KB reserved per block, allocated
@@ -75,21 +74,6 @@ def launch_threads(name):
     return found.pop() if len(found) == 1 and None not in found else None
 
 
-def _fma(loop):
-    return sum(loop["opcodes"][op] for op in FMA)
-
-
-def hot_loop(loops):
-    """The hot loop among ``_cuda.sass_loops`` ``loops``: of the innermost loops (no loop inside)
-    that contain FMAs, one at the deepest nesting, with the most FMAs; None if there is none.
-
-    Depth first: a GEMM kernel's epilogue loop holds more FMAs (every branch of the fused
-    activation's polynomials) than its reduction loop, nested in the staging loop, which runs
-    the most."""
-    inner = [lp for lp in loops if not lp["contains_loop"] and _fma(lp)]
-    return max(inner, key=lambda lp: (lp["depth"], _fma(lp)), default=None)
-
-
 def gemm_step(name, loops, hot):
     """FMAs and instructions of one staged reduction step of implicit-GEMM kernel ``name``:
     the hot (inner) loop times its trips per step, bk / UNROLL, plus the rest of the loop that
@@ -97,14 +81,16 @@ def gemm_step(name, loops, hot):
     tile = GEMM.match(name)
     if tile is None or hot is None or hot["parent"] is None:
         return None
+    from numbaconv import _cuda
     from numbaconv.cuda import gemm
 
+    fma = _cuda.sass_fma
     bm, bn = int(tile[1]), int(tile[2])
     (shape,) = [t for t in (gemm.BIG, gemm.SMALL) if t[:2] == (bm, bn)]
     trips = shape[2] // gemm.UNROLL[shape]
     outer = loops[hot["parent"]]
     return {"trips": trips,
-            "fma": _fma(hot) * trips + _fma(outer) - _fma(hot),
+            "fma": fma(hot) * trips + fma(outer) - fma(hot),
             "instructions": hot["instructions"] * trips + outer["instructions"]
             - hot["instructions"]}
 
@@ -115,10 +101,11 @@ def sass_figures(name, func, sig):
 
     sass = _cuda.kernel_sass(func, sig, CC)
     loops = _cuda.sass_loops(sass)
-    hot = hot_loop(loops)
+    hot = _cuda.sass_hot_loop(loops)
     return {"sass_instructions": sum(_cuda.sass_opcodes(sass).values()),
             "hot_loop": None if hot is None else {
-                "label": hot["label"], "fma": _fma(hot), "instructions": hot["instructions"],
+                "label": hot["label"], "fma": _cuda.sass_fma(hot),
+                "instructions": hot["instructions"],
                 "opcodes": dict(hot["opcodes"].most_common())},
             "staged_step": gemm_step(name, loops, hot)}
 

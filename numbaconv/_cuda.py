@@ -566,6 +566,25 @@ def sass_loops(sass):
     return loops
 
 
+SASS_FMA = ("FFMA", "DFMA", "HFMA2")  # fused multiply-adds (sass_opcodes keys)
+
+
+def sass_fma(loop):
+    """Fused multiply-adds (FFMA, DFMA, HFMA2) in one of :func:`sass_loops`' loops."""
+    return sum(loop["opcodes"][op] for op in SASS_FMA)
+
+
+def sass_hot_loop(loops):
+    """The hot loop among :func:`sass_loops`' ``loops``: of the innermost loops (no loop inside)
+    that contain FMAs, one at the deepest nesting, with the most FMAs; None if there is none.
+
+    Depth first: a GEMM kernel's epilogue loop holds more FMAs (every branch of the fused
+    activation's polynomials) than its reduction loop, nested in the staging loop, which runs
+    the most."""
+    inner = [lp for lp in loops if not lp["contains_loop"] and sass_fma(lp)]
+    return max(inner, key=lambda lp: (lp["depth"], sass_fma(lp)), default=None)
+
+
 # ---- device memory: a caching pool --------------------------------------------------------------
 # Every op allocates its output; cuMemAlloc per call is slow and cuMemFree synchronises the device.
 # numbaconv therefore installs a numba memory-manager plugin (EMM) that keeps freed blocks and

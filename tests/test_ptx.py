@@ -168,10 +168,9 @@ def test_gemm_hot_loop_is_fma_bound_with_128bit_shared_loads(compile_ptx, name):
     assert name in registry, f"no registered kernel matches {name} (renamed? update " \
         "REGISTER_TILED)"
     _, func, sigs = registry[name]
-    loops = _cuda.sass_loops(_cuda.kernel_sass(func, _float32_signature(sigs), SM90))
-    inner = [lp for lp in loops if not lp["contains_loop"] and lp["opcodes"]["FFMA"]]
-    assert inner, f"{name}: no loop with FFMA in its sm_90 SASS"
-    hot = max(inner, key=lambda lp: (lp["depth"], lp["opcodes"]["FFMA"]))
+    hot = _cuda.sass_hot_loop(_cuda.sass_loops(_cuda.kernel_sass(func, _float32_signature(sigs),
+                                                                  SM90)))
+    assert hot, f"{name}: no loop with FFMA in its sm_90 SASS"
     ffma, n = hot["opcodes"]["FFMA"], hot["instructions"]
     figures = f"{ffma}/{n} FFMA, {dict(hot['opcodes'].most_common(8))}"
     assert ffma >= 0.75 * n, f"{name}: hot loop {figures}"

@@ -46,6 +46,11 @@ apply_act = _cuda.device_function(_ops.apply_act)
 
 THREADS = 256  # threads per block for 1-D grids
 
+def device_id():
+    """The current GPU's number (0 in the simulator, whose device has none)."""
+    return getattr(cuda.get_current_device(), "id", 0)
+
+
 def blocks(n, threads=THREADS):
     """Blocks needed to cover ``n`` items with ``threads`` per block (at least one)."""
     return max(1, (n + threads - 1) // threads)

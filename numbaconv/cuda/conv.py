@@ -8,7 +8,8 @@ import numpy as np
 
 from numbaconv import _cuda
 from numbaconv.cuda import gemm
-from numbaconv.cuda._common import THREADS, acc_dtype, apply_act, blocks, flat, unravel4, widen
+from numbaconv.cuda._common import (THREADS, acc_dtype, apply_act, blocks, device_id, flat,
+                                    unravel4, widen)
 
 cuda = _cuda.cuda()
 
@@ -197,15 +198,15 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
     cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
     (sh, sw), (ph, pw), (dh, dw) = [(int(v[0]), int(v[1])) for v in (stride, padding, dilation)]
     if cg == 1:
-        device = getattr(cuda.get_current_device(), "id", 0)  # the simulator's has none
-        block, rows, tiles_h, tiles_w = _depthwise_shape(n, oc, oh, ow, device)
+        block, rows, tiles_h, tiles_w = _depthwise_shape(n, oc, oh, ow, device_id())
         if n < 2**16 and tiles_h * tiles_w < 2**16:  # grid y and z limits
             kernel = _DEPTHWISE.get((kh, kw, dh, dw), _DEPTHWISE[None])
             geom = (x.shape[1], x.shape[2], x.shape[3], oc, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw,
                     rows, tiles_w)
-            kernel[(oc, n, tiles_h * tiles_w), block](flat(out), flat(x), flat(w), flat(bias),
-                                                      flat(res), geom, has_bias, has_res,
-                                                      int(act), float(alpha))
+            out_f = flat(out)
+            kernel[(oc, n, tiles_h * tiles_w), block](out_f, flat(x), flat(w), flat(bias),
+                                                      flat(residual) if has_res else out_f, geom,
+                                                      has_bias, has_res, int(act), float(alpha))
             return
     if oc // groups >= GEMM_MIN_OC and gemm.conv2d(out, x, w, b, residual, stride, padding,
                                                    dilation, groups, act, alpha):

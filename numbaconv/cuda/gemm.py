@@ -15,7 +15,8 @@ value is converted once as it is loaded, and the output is rounded to float16 on
 import numpy as np
 
 from numbaconv import _cuda
-from numbaconv.cuda._common import THREADS, acc_dtype, apply_act, blocks, flat, view, widen
+from numbaconv.cuda._common import (THREADS, acc_dtype, apply_act, blocks, device_id, flat,
+                                    view, widen)
 
 cuda = _cuda.cuda()
 
@@ -218,7 +219,7 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
     has_bias, has_res = b is not None, residual is not None
     bias = b if has_bias else flat(w)  # a stand-in, never read: no allocation
     ocg = oc // groups
-    device = getattr(cuda.get_current_device(), "id", 0)  # the simulator's has none
+    device = device_id()
     tile = _gemm_tile(out.dtype, n * oh * ow, ocg, groups, device)
     kernel, (bm, bn, bk) = _GEMMS[tile], tile
     geom = (n, oc, oh, ow, h, w_, c * h * w_, cg * h * w_, sh, sw, ph, pw, int(groups))
@@ -250,8 +251,6 @@ def sm_count(device):
 
 
 REFERENCE_SMS = 132
-
-
 _SMS = {}  # device id -> SM count
 _KTABS = {}  # (device id, stream, geometry, tile depth) -> device table, reused across calls
 _FAR = 0x7FFF
