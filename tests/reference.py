@@ -19,7 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 __all__ = [
     "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm", "conv1d", "conv2d",
     "cross_entropy", "gelu", "hardswish", "leaky_relu", "linear", "log_softmax", "max_pool2d",
-    "mse_loss", "relu", "relu6", "sigmoid", "silu", "softmax", "tanh",
+    "max_pool2d_backward", "mse_loss", "relu", "relu6", "sigmoid", "silu", "softmax", "tanh",
 ]
 
 
@@ -232,6 +232,36 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     xp = _pad_for(x, k, s, p, d, out_hw, -np.inf)  # padding never wins a max
     out = functools.reduce(np.maximum, _taps(xp, k, s, d, out_hw))  # np.maximum keeps NaN
     return out[0] if unbatched else out
+
+
+def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False):
+    """Gradient of :func:`max_pool2d` w.r.t. ``input`` (an array, not numbaconv's 1-tuple): each
+    window's gradient goes to its arg-max, the first maximum in scan order or the last NaN (as
+    PyTorch picks it). A window with no tap inside the input (its output is -inf) adds nothing."""
+    x, unbatched = _as4d(_f64(input))
+    go = _as4d(_f64(grad_output))[0]
+    (kh, kw), (sh, sw) = _tuple(kernel_size, 2), _tuple(kernel_size if stride is None else
+                                                        stride, 2)
+    (ph, pw), (dh, dw) = _tuple(padding, 2), _tuple(dilation, 2)
+    grad = np.zeros_like(x)
+    for oh in range(go.shape[2]):
+        for ow in range(go.shape[3]):
+            taps = [(oh * sh - ph + i * dh, ow * sw - pw + j * dw)
+                    for i in range(kh) for j in range(kw)]
+            taps = [(r, c) for r, c in taps if 0 <= r < x.shape[2] and 0 <= c < x.shape[3]]
+            if not taps:
+                continue
+            rows, cols = np.array(taps).T
+            vals = x[:, :, rows, cols]  # (N, C, taps)
+            nan = np.isnan(vals)
+            last_nan = len(taps) - 1 - np.argmax(nan[..., ::-1], axis=-1)
+            first_max = np.argmax(np.where(nan, -np.inf, vals), axis=-1)
+            pick = np.where(nan.any(axis=-1), last_nan, first_max)
+            for n in range(x.shape[0]):
+                for c in range(x.shape[1]):
+                    grad[n, c, rows[pick[n, c]], cols[pick[n, c]]] += go[n, c, oh, ow]
+    return grad[0] if unbatched else grad
 
 
 @_quiet

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import numbaconv as nc
-from conftest import check_op, rand
+import reference as R
+from conftest import SIM, assert_close, call_unchanged, check_op, rand
 
 F = nc.functional
 
@@ -189,3 +190,84 @@ def test_pool_wrong_rank_raises(op):
         getattr(F, op)(x, 2)
     with pytest.raises(ValueError):
         getattr(F, op)(np.zeros((1, 1, 1, 4, 4)), 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every small window geometry
+# ---------------------------------------------------------------------------------------------
+
+def _axis_geometries():
+    """Every (size, kernel, stride, padding, dilation, ceil_mode) of one axis with sizes up to
+    5, kernels and strides up to 3, dilations up to 3 and torch's padding bound, that gives at
+    least one output. Dilation with padding, and ceil_mode, give windows with no tap inside
+    the input."""
+    out = []
+    for size in range(1, 6):
+        for k in range(1, 4):
+            for s in range(1, 4):
+                for p in range(k // 2 + 1):
+                    for d in range(1, 4):
+                        for ceil in (False, True):
+                            if R._pool_size(size, k, s, p, d, ceil) >= 1:
+                                out.append((size, k, s, p, d, ceil))
+    return out
+
+
+def _empty_window(size, k, s, p, d, ceil):
+    """Whether some window of this axis geometry has no tap inside [0, size)."""
+    return any(all(not 0 <= o * s - p + i * d < size for i in range(k))
+               for o in range(R._pool_size(size, k, s, p, d, ceil)))
+
+
+AXES = _axis_geometries()
+
+
+def test_axis_geometries_include_empty_windows():
+    # The sweep covers the case that used to read other channels' memory.
+    assert sum(_empty_window(*g) for g in AXES) >= 10
+
+
+def test_every_small_geometry(device, dtype):
+    # Each axis geometry on the rows, paired with another of the same ceil_mode on the columns
+    # (walking the list at a stride prime to its length), for max pooling forward and backward
+    # and, without dilation, average pooling. Several channels and images: a window that read
+    # or wrote past its own plane would show in its neighbours. Distinct values: one arg-max per
+    # window. The simulator runs the pairs with an empty window and every 16th other.
+    rng = np.random.default_rng(5)
+    pairs = []
+    for ceil in (False, True):
+        axes = [g for g in AXES if g[5] == ceil]
+        pairs += [(axes[i], axes[(7 * i + 3) % len(axes)]) for i in range(len(axes))]
+    if SIM and device == "cuda":
+        pairs = [(a, b) for i, (a, b) in enumerate(pairs)
+                 if _empty_window(*a) or _empty_window(*b) or i % 16 == 0]
+    for (h, *rows), (w, *cols) in pairs:
+        kw = dict(zip(("kernel_size", "stride", "padding", "dilation"), zip(rows, cols)),
+                  ceil_mode=rows[4])
+        x = (rng.permutation(2 * 3 * h * w) * 0.25 - 10).reshape(2, 3, h, w).astype(dtype)
+        out = check_op("max_pool2d", (x,), kw, dtype, "exact", device)
+        go = rand(rng, out.shape, dtype)
+        (g,) = call_unchanged(F.max_pool2d_backward, go, x, **kw)
+        # Overlapping windows add their gradients in the input's precision.
+        assert_close(g, R.max_pool2d_backward(go, x, **kw), dtype, "pool",
+                     what=f"max_pool2d_backward[{device}] {kw} on {x.shape}")
+        if kw["dilation"] == (1, 1):
+            del kw["dilation"]
+            for include in (True, False):
+                check_op("avg_pool2d", (x,), dict(kw, count_include_pad=include), dtype, "pool",
+                         device)
+
+
+def test_max_pool2d_window_without_taps(device, dtype):
+    # Dilation 2 with padding 1 on a 1-pixel map: both taps of every window miss the input.
+    # PyTorch gives -inf; numbaconv read the next channel's memory (and past the array).
+    x = np.array([[[[1.0]], [[2.0]]]], dtype)
+    kw = dict(kernel_size=(2, 1), stride=1, padding=(1, 0), dilation=(2, 1))
+    out = check_op("max_pool2d", (x,), kw, dtype, "exact", device)
+    assert np.array_equal(out, np.full((1, 2, 1, 1), -np.inf, dtype))
+    # ... and the backward gives such a window's gradient to nobody (it wrote into other
+    # channels, then the heap broke).
+    x = np.zeros((1, 4, 1, 1), dtype)
+    kw = dict(kernel_size=2, stride=1, padding=1, dilation=2)
+    (g,) = F.max_pool2d_backward(np.arange(1, 5, dtype=dtype).reshape(1, 4, 1, 1), x, **kw)
+    assert np.array_equal(nc.to_numpy(g), np.zeros_like(x))

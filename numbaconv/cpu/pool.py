@@ -398,9 +398,10 @@ def max_pool2d(out, x, kernel, stride, padding, dilation):
     sh, sw = stride
     ph, pw = padding
     dh, dw = dilation
-    # Output row oh reduces the nr[oh] input rows r0[oh] + i * dh. PyTorch's output size keeps
-    # every window's first row inside the input or its padding, and padding <= kernel / 2, so
-    # no window is empty.
+    # Output row oh reduces the nr[oh] input rows r0[oh] + i * dh. With dilation and padding, or
+    # ceil_mode, a window's taps can all miss the input (nr[oh] = 0, or no column in range):
+    # such outputs are -inf, as PyTorch's. Columns are covered by the scratch row's -inf
+    # margins; rows are tested here.
     r0 = np.empty(oh_, np.intp)
     nr = np.empty(oh_, np.intp)
     for oh in range(oh_):
@@ -417,16 +418,22 @@ def max_pool2d(out, x, kernel, stride, padding, dilation):
         n, c, oh = _row_index(lo, c_, oh_)
         if fast:
             for r in range(lo, hi):
-                base = ((n * c_ + c) * h + r0[oh]) * w
-                _prefetch_ahead(xf, base, sh * w)
-                _row_s2(MAX, of, r * ow_, ow_, xf, base, nr[oh], dh * w, w, pw, -np.inf, xf)
+                if nr[oh] == 0:
+                    of[r * ow_:(r + 1) * ow_] = -np.inf
+                else:
+                    base = ((n * c_ + c) * h + r0[oh]) * w
+                    _prefetch_ahead(xf, base, sh * w)
+                    _row_s2(MAX, of, r * ow_, ow_, xf, base, nr[oh], dh * w, w, pw, -np.inf, xf)
                 n, c, oh = _next_row(n, c, oh, c_, oh_)
         else:
             tmp = _scratch(x, ow_, kw, sw, dw, pw, -np.inf)
             for _ in range(lo, hi):
-                _prefetch_ahead(xf, ((n * c_ + c) * h + r0[oh]) * w, sh * w)
-                _reduce_rows(MAX, tmp, pw, x[n, c], r0[oh], nr[oh], dh, -np.inf)
-                _reduce_cols(MAX, out[n, c, oh], tmp, 0, sw, kw, dw, tmp)
+                if nr[oh] == 0:
+                    out[n, c, oh] = -np.inf
+                else:
+                    _prefetch_ahead(xf, ((n * c_ + c) * h + r0[oh]) * w, sh * w)
+                    _reduce_rows(MAX, tmp, pw, x[n, c], r0[oh], nr[oh], dh, -np.inf)
+                    _reduce_cols(MAX, out[n, c, oh], tmp, 0, sw, kw, dw, tmp)
                 n, c, oh = _next_row(n, c, oh, c_, oh_)
 
 
@@ -633,7 +640,10 @@ def _argmax_add(gf, xf, base, r0, nr, rstep, c0, nc, dw, g):
     over the ``nr`` rows ``r0, r0 + rstep, ...`` (flat offsets) and the ``nc`` columns ``c0,
     c0 + dw, ...``, in scan order, or of the last NaN, as PyTorch's max pooling picks its index:
     a tap wins when it is greater than the best so far or NaN, and the first tap holds when
-    every value is -inf."""
+    every value is -inf. A window without taps (``nr`` or ``nc`` 0: dilation with padding, or
+    ceil_mode) adds nothing: its output is -inf, not an element of the input."""
+    if nr == 0 or nc == 0:
+        return
     best = r0 + c0
     m = xf.dtype.type(-np.inf)
     for i in range(nr):
