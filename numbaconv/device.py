@@ -153,11 +153,11 @@ def simd_width():
 
 
 def cache_dir():
-    """Folder where numba keeps compiled kernels (``NUMBA_CACHE_DIR``, else beside the sources)."""
-    from numba.core import config
+    """Folder the CPU kernels are cached in, or None where no folder is usable (they compile in
+    every process); see :mod:`numbaconv._jitcache`."""
+    from numbaconv import _jitcache, cpu
 
-    return config.CACHE_DIR or os.path.join(os.path.dirname(os.path.abspath(__file__)), "**",
-                                            "__pycache__")
+    return _jitcache.folder(os.path.dirname(cpu.__file__))
 
 
 def info():
@@ -191,7 +191,8 @@ def info():
 
     lines.append(f"simd      {simd_width()} float32 lanes (host CPU: {llvm.get_host_cpu_name()}, "
                  f"{simd.host_lanes()} lanes native)")
-    lines.append(f"cache     {cache_dir()}")
+    folder = cache_dir()
+    lines.append(f"cache     {folder or 'none: no writable folder, kernels compile in every process'}")
     st = workspace.WEIGHTS.stats()
     lines.append(f"weights   {st['entries']} transformed weights cached, {st['bytes'] / 2**20:.1f} "
                  f"of {st['limit_bytes'] / 2**20:.0f} MiB (NUMBACONV_CACHE_MB); {st['hits']} hits, "
