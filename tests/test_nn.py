@@ -141,6 +141,25 @@ def test_parameter_data_is_a_read_only_copy():
         nn.Parameter(np.arange(3))
 
 
+@pytest.mark.parametrize("get", [np.asarray, nc.to_numpy, lambda p: np.asarray(p.data),
+                                 lambda p: np.asarray(p, dtype=p.dtype, copy=False)],
+                         ids=["asarray", "to_numpy", "asarray_data", "asarray_no_copy"])
+def test_no_public_path_writes_a_weight_behind_the_cache(rng, get):
+    # np.asarray(param) handed out the parameter's writable array: a write through it reached
+    # state_dict() and pickles but not the packed weights forward kept using.
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    x = rand(rng, (1, 16, 12, 12), np.float32)
+    conv(x)  # the weight is packed and cached
+    with pytest.raises(ValueError, match="read-only"):
+        get(conv.weight)[...] = 0
+    copied = np.array(conv.weight)  # a copy is the caller's to change
+    copied[...] = 0
+    w, b = conv.state_dict()["weight"], conv.state_dict()["bias"]
+    assert np.abs(w).sum() > 0
+    assert_close(conv(x), R.conv2d(x, w, b, 1, 1, 1, 1), np.float32, "conv",
+                 scale=R.conv2d(np.abs(x), np.abs(w), np.abs(b), 1, 1, 1, 1))
+
+
 def test_weight_update_is_seen_by_the_conv_cache(rng):
     # Kernels cache transformed weights per version: loading new weights must not hit stale ones.
     from numbaconv.cpu.workspace import WEIGHTS

@@ -124,8 +124,12 @@ class Parameter:
         return _device.where(self._array)
 
     def __array__(self, dtype=None, copy=None):
-        a = _device.to_numpy(self._array)
-        return a.astype(dtype) if dtype is not None else a.copy() if copy else a
+        # The read-only view, as ``.data``: a write through ``np.asarray(p)`` would reach the
+        # values but not the version the kernels' weight caches are keyed on.
+        a = _device.to_numpy(self._view)
+        if dtype is not None and np.dtype(dtype) != a.dtype:
+            return a.astype(dtype)  # a new array
+        return a.copy() if copy else a
 
     def __repr__(self):
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, device='{self.device}')"
