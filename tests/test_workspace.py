@@ -133,3 +133,39 @@ def test_pool_keeps_a_bounded_number_of_buffers():
     with pool.buffer(3, np.float32), pool.buffer(5, np.float32), pool.buffer(7, np.float32):
         pass
     assert sorted(b.size for b in pool._free[np.dtype(np.float32)]) == [5, 7]
+
+
+WORKQUEUE = """
+import concurrent.futures
+import numba, numpy as np
+import numbaconv.functional as F
+from numbaconv import cpu
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((2, 8, 20, 20)).astype(np.float32)
+w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+
+def work(i):
+    y = F.conv2d(x, w, padding=1, activation="relu")
+    return F.max_pool2d(y, 2) + F.relu(x).sum()
+
+want = work(0)
+assert cpu.threading_layer() == numba.threading_layer() == "workqueue", numba.threading_layer()
+with concurrent.futures.ThreadPoolExecutor(4) as ex:
+    outs = list(ex.map(work, range(64)))
+assert all(np.array_equal(out, want) for out in outs)
+print("ok")
+"""
+
+
+def test_concurrent_calls_under_the_workqueue_threading_layer():
+    # Numba's fallback layer aborted the process ("Concurrent access has been detected") when
+    # Python threads called kernels at once: under it, launchers take turns.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", NUMBACONV_DEVICE="cpu")
+    out = subprocess.run([sys.executable, "-c", WORKQUEUE], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr

@@ -128,3 +128,48 @@ __all__ = [
     # recurrent layers
     "rnn_backward", "rnn_forward", "swap01",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrent calls. Numba's workqueue threading layer (the one it falls back to when neither TBB
+# nor OpenMP loads, or that NUMBA_THREADING_LAYER names) aborts the process ("Concurrent access
+# has been detected") when two Python threads run parallel regions at once; TBB and OpenMP take
+# them. Under workqueue, every launcher therefore holds one process-wide lock: threads take
+# turns, each call still on every core.
+# ---------------------------------------------------------------------------------------------
+
+import functools as _functools  # noqa: E402
+import threading as _threading  # noqa: E402
+
+_LOCK = _threading.RLock()  # re-entrant: a launcher may call another
+_LAYER = []  # the threading layer numba runs parallel regions on, once known
+
+
+def threading_layer():
+    """The threading layer numba runs numbaconv's parallel regions on ('tbb', 'omp' or
+    'workqueue'); its thread pool is started if it was not yet."""
+    if not _LAYER:
+        import numba
+        from numba.np.ufunc import parallel
+
+        parallel._launch_threads()  # idempotent and thread-safe; numba picks the layer here
+        _LAYER.append(numba.threading_layer())
+    return _LAYER[0]
+
+
+def _taking_turns(launcher):
+    """``launcher``, run under :data:`_LOCK` when the threading layer is workqueue."""
+
+    @_functools.wraps(launcher)
+    def call(*args, **kwargs):
+        if threading_layer() != "workqueue":
+            return launcher(*args, **kwargs)
+        with _LOCK:
+            return launcher(*args, **kwargs)
+
+    return call
+
+
+for _name in __all__:
+    globals()[_name] = _taking_turns(globals()[_name])
+del _name
