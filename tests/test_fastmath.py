@@ -9,10 +9,10 @@ import pytest
 from numba import njit
 
 from numbaconv.cpu import simd, vecmath
+from numbaconv.cpu._common import FASTMATH  # the kernels' flags
 
 FUNCS = {"exp": (vecmath.exp, np.exp), "tanh": (vecmath.tanh, np.tanh),
          "erfc": (vecmath.erfc, np.frompyfunc(math.erfc, 1, 1))}
-FASTMATH = {"reassoc", "contract"}  # the kernels' flags (numbaconv.cpu._common.FASTMATH)
 
 
 def _loop(f):

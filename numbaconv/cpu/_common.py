@@ -9,14 +9,26 @@ import numpy as np
 from numbaconv import _ops
 from numbaconv.cpu import vecmath
 
-# 'reassoc' lets LLVM vectorise reductions and 'contract' fuse multiply-adds; NaN and Inf keep
-# their IEEE behaviour (no 'nnan'/'ninf'), so they pass through kernels as they do in PyTorch.
-FASTMATH = {"reassoc", "contract"}
+# 'reassoc' lets LLVM vectorise reductions; NaN and Inf keep their IEEE behaviour (no
+# 'nnan'/'ninf'), so they pass through kernels as they do in PyTorch. No 'contract': whether
+# LLVM fuses a multiply and an add into one FMA (one rounding instead of two) depends on how a
+# loop is optimised, and numba optimises a parallel kernel's body twice over: alone, which is
+# the code the compiling process runs, and again linked into the kernel, which is the code the
+# on-disk cache keeps for every later process. With 'contract' the two roundings differed (an
+# SGD step, then whole training runs, gave other weights with a warm cache than with a cold
+# one). Multiply-adds that should fuse say so: simd.fma and vecmath.fma.
+FASTMATH = {"reassoc"}
 
 
 def kernel(func):
-    """Compile a CPU kernel: parallel, cached on disk, with the shared fastmath flags."""
-    return numba.njit(parallel=True, cache=True, fastmath=FASTMATH)(func)
+    """Compile a CPU kernel: parallel, cached on disk, with the shared fastmath flags.
+
+    A float division by zero gives inf or NaN, as in IEEE arithmetic and PyTorch, instead of
+    numba's default ZeroDivisionError out of the kernel (``error_model="numpy"``): a zero
+    variance with ``eps=0`` in batch_norm's eval mode, or Adam with ``eps=0``. Integer divisors
+    are shapes and strides, checked positive before any kernel runs.
+    """
+    return numba.njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")(func)
 
 
 def helper(func):
