@@ -81,6 +81,21 @@ def _writable_view(a):
     return view
 
 
+def _not_an_array(op, name, a):
+    """The TypeError message for argument ``name`` that is neither NumPy nor on the device,
+    with what to pass instead."""
+    what = f"{type(a).__module__}.{type(a).__name__}"
+    if what.startswith("torch."):
+        hint = (f"a CPU torch.Tensor: pass {name}.numpy() ({name}.detach().numpy() if it "
+                "requires grad; no copy is made), or a CUDA tensor, which is used as it is")
+    elif hasattr(a, "__array__") or isinstance(a, (list, tuple, numbers.Number)):
+        hint = f"a {what}: pass np.asarray({name}, dtype=np.float32) (or float64)"
+    else:
+        hint = f"a {what}"
+    return (f"{op}(): argument '{name}' must be a numpy.ndarray or a CUDA device array, but is "
+            f"{hint}")
+
+
 class _Call:
     """The arrays of one op call, placed on one device.
 
@@ -104,8 +119,7 @@ class _Call:
                 self.arrays[name] = _cuda.as_device_array(a)
                 on_device.append(name)
             else:
-                raise TypeError(f"{op}(): argument '{name}' must be a numpy.ndarray or a CUDA "
-                                f"device array, not {type(a).__name__}")
+                raise TypeError(_not_an_array(op, name, a))
         if on_device and on_host:
             raise ValueError(
                 f"{op}(): argument '{on_host[0]}' is a host (NumPy) array but '{on_device[0]}' "
@@ -170,6 +184,11 @@ class _Call:
             return np.empty(shape, dtype)
         return _cuda.empty(shape, dtype)
 
+    def zeros(self, shape, dtype):
+        """A new array of zeros on the call's device (degenerate shapes: no kernel runs)."""
+        z = np.zeros(shape, dtype)
+        return z if self.device == "cpu" else _cuda.to_device(z)
+
     def constant(self, size, dtype, value):
         """A 1-D array of ``value`` on the call's device, cached across calls: never write it."""
         return _constant(self.device, np.dtype(dtype).str, size, value)
@@ -192,14 +211,18 @@ class _Call:
 # --------------------------------------------------------------------------------------------
 
 def _int_tuple(value, n, op, name, minimum):
-    """``value`` as a tuple of ``n`` ints, each >= ``minimum``."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        vals = (int(value),) * n
+    """``value`` as a tuple of ``n`` ints, each >= ``minimum``: an int or a 1-tuple is repeated,
+    as torch does."""
+    one = value[0] if isinstance(value, (tuple, list)) and len(value) == 1 else value
+    if isinstance(one, numbers.Integral) and not isinstance(one, bool):
+        vals = (int(one),) * n
     elif isinstance(value, (tuple, list)) and len(value) == n and all(
             isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
         vals = tuple(int(v) for v in value)
     else:
-        raise TypeError(f"{op}(): {name} must be an int or a tuple of {n} ints, got {value!r}")
+        many = "" if n == 1 else f" or of {n} ints"
+        raise TypeError(f"{op}(): {name} must be an int or a tuple of one int{many}, got "
+                        f"{value!r}")
     if any(v < minimum for v in vals):
         what = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{op}(): {name} must be {what}, got {value!r}")
@@ -589,11 +612,9 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                      lambda out, x: be.avg_pool2d(out, x, k, s, p, bool(count_include_pad)))
 
 
-def _adaptive(op, input, output_size, launcher):
-    call = _Call(op, input=input)
-    _rank(call, "input", (3, 4))
-    dtype = call.float_dtype("input", half=True)
-    shape = tuple(call["input"].shape)
+def _adaptive_size(op, output_size, shape):
+    """The (OH, OW) of an adaptive pooling of an input of ``shape``: an int or a pair, None
+    keeping that size, 0 giving an empty output (as torch)."""
     if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
         output_size = (output_size, output_size)
     if not (isinstance(output_size, (tuple, list)) and len(output_size) == 2 and all(
@@ -602,11 +623,20 @@ def _adaptive(op, input, output_size, launcher):
         raise TypeError(f"{op}(): output_size must be an int or a tuple of 2 ints (or None), "
                         f"got {output_size!r}")
     out_hw = tuple(shape[-2 + i] if v is None else int(v) for i, v in enumerate(output_size))
-    if min(out_hw) < 1:
-        raise ValueError(f"{op}(): output_size must be positive, got {output_size!r}")
+    if min(out_hw) < 0:
+        raise ValueError(f"{op}(): output_size must be non-negative, got {output_size!r}")
     if min(shape[-2:]) < 1 or (len(shape) == 4 and shape[1] < 1):
         raise ValueError(f"{op}(): expected non-empty spatial and channel dims, got input of "
                          f"shape {shape}")
+    return out_hw
+
+
+def _adaptive(op, input, output_size, launcher):
+    call = _Call(op, input=input)
+    _rank(call, "input", (3, 4))
+    dtype = call.float_dtype("input", half=True)
+    shape = tuple(call["input"].shape)
+    out_hw = _adaptive_size(op, output_size, shape)
     be = _backend(call.device)
     return _run_pool(call, dtype, shape, out_hw, lambda out, x: getattr(be, launcher)(out, x))
 
@@ -931,33 +961,8 @@ def cross_entropy(input, target, reduction="mean"):
     """
     _reduction("cross_entropy", reduction)
     call = _Call("cross_entropy", input=input, target=target)
-    _rank(call, "input", tuple(range(1, 33)))
-    dtype = call.float_dtype("input")
-    xs = tuple(call["input"].shape)
-    ts = tuple(call["target"].shape)
-    batched = len(xs) > 1
-    n, c, rest = (xs[0], xs[1], xs[2:]) if batched else (1, xs[0], ())
-    s = int(math.prod(rest))
+    dtype, xs, n, c, s, batched, prob, host_t = _cross_entropy_args(call)
     tdtype = call["target"].dtype
-    prob = np.issubdtype(tdtype, np.floating)
-    if prob:
-        call.same_dtype(dtype, "target")
-        if ts != xs:
-            raise ValueError(f"cross_entropy(): probability target must have the input's shape "
-                             f"{xs}, got {ts}")
-    else:
-        if not np.issubdtype(tdtype, np.integer):
-            raise TypeError(f"cross_entropy(): target must hold integer class indices or float "
-                            f"probabilities, got dtype {tdtype}")
-        want = (xs[:1] + xs[2:]) if batched else ()
-        if ts != want:
-            raise ValueError(f"cross_entropy(): class-index target must have shape {want} for "
-                             f"input of shape {xs}, got {ts}")
-        host_t = _device.to_numpy(call["target"])
-        if host_t.size and (host_t.min() < 0 or host_t.max() >= c):
-            bad = host_t[(host_t < 0) | (host_t >= c)].flat[0]
-            raise ValueError(f"cross_entropy(): target {int(bad)} is out of bounds; class "
-                             f"indices must lie in [0, {c})")
     per_item = call.empty((n, s), dtype)
     if per_item.size:
         x = call.ready("input").reshape((n, c, s))
@@ -1129,16 +1134,19 @@ def _cross_entropy_args(call):
     tdtype = call["target"].dtype
     prob = np.issubdtype(tdtype, np.floating)
     host_t = None
-    if prob:
-        call.same_dtype(dtype, "target")
-        if ts != xs:
-            raise ValueError(f"{op}(): probability target must have the input's shape {xs}, "
-                             f"got {ts}")
-    else:
+    want = (xs[:1] + xs[2:]) if batched else ()
+    if prob and (ts != xs or tdtype != dtype):
+        # Say both forms: float class labels are a common slip, and matching only the dtype
+        # (the other half of the advice) would end in a shape error.
+        raise (TypeError if ts == xs else ValueError)(
+            f"{op}(): target has dtype {tdtype} and shape {ts}, which is neither form cross_"
+            f"entropy takes: class indices, an integer array of shape {want} (e.g. "
+            f"target.astype(np.int64)), or class probabilities of the input's shape {xs} and "
+            f"dtype {dtype}")
+    if not prob:
         if not np.issubdtype(tdtype, np.integer):
             raise TypeError(f"{op}(): target must hold integer class indices or float "
                             f"probabilities, got dtype {tdtype}")
-        want = (xs[:1] + xs[2:]) if batched else ()
         if ts != want:
             raise ValueError(f"{op}(): class-index target must have shape {want} for input of "
                              f"shape {xs}, got {ts}")
@@ -1249,12 +1257,6 @@ def mse_loss_backward(grad_output, input, target, reduction="mean"):
 # Convolution training ops and the transposed convolution. The shape arithmetic is
 # numbaconv._convshape's; the data gradient of conv2d is conv_transpose2d's forward.
 # --------------------------------------------------------------------------------------------
-
-def _zeros(call, shape, dtype):
-    """A zero-filled output on the call's device (degenerate shapes only)."""
-    z = np.zeros(shape, dtype)
-    return z if call.device == "cpu" else _cuda.to_device(z)
-
 
 def _conv_args(call, nd, stride, padding, dilation, groups):
     """Check conv{nd}d's input, weight and bias as :func:`conv2d` does; return (dtype,
@@ -1405,7 +1407,7 @@ def conv_transpose2d_backward(grad_output, input, weight, bias=None, stride=1, p
     gy = call.ready("grad_output").reshape(geo.x4)
     w = call.ready("weight")
     if geo.w4[1] == 0 or 0 in geo.out4:  # no output channels, or nothing to compute
-        gx = _zeros(call, geo.out4, dtype)
+        gx = call.zeros(geo.out4, dtype)
     else:
         gx = call.empty(geo.out4, dtype)
         be.conv2d(gx, gy, w, None, None, geo.stride, geo.padding, geo.dilation, geo.groups,
@@ -1429,6 +1431,8 @@ def _run_pool_backward(call, dtype, shape, out_hw, launch, needs_input):
     """Allocate the input gradient and run ``launch(gx4, go4, x4)`` (``x4`` None unless
     ``needs_input``) on 4-D views; return ``(grad_input,)`` in the input's shape."""
     n, c = (1,) + shape[:1] if len(shape) == 3 else shape[:2]
+    if not math.prod(out_hw):  # an empty output (adaptive output_size 0): no gradient
+        return (call.finish(call.zeros(shape, dtype)),)
     gx = call.empty((n, c) + shape[-2:], dtype)
     if gx.size:
         go = call.ready("grad_output").reshape((n, c) + out_hw)
@@ -1490,19 +1494,7 @@ def _adaptive_backward(op, forward, grad_output, input, output_size):
     _rank(first, "input", (3, 4))
     dtype = first.float_dtype("input")
     shape = tuple(first["input"].shape)
-    if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
-        output_size = (output_size, output_size)
-    if not (isinstance(output_size, (tuple, list)) and len(output_size) == 2 and all(
-            v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
-            for v in output_size)):
-        raise TypeError(f"{op}(): output_size must be an int or a tuple of 2 ints (or None), "
-                        f"got {output_size!r}")
-    out_hw = tuple(shape[-2 + i] if v is None else int(v) for i, v in enumerate(output_size))
-    if min(out_hw) < 1:
-        raise ValueError(f"{op}(): output_size must be positive, got {output_size!r}")
-    if min(shape[-2:]) < 1 or (len(shape) == 4 and shape[1] < 1):
-        raise ValueError(f"{op}(): expected non-empty spatial and channel dims, got input of "
-                         f"shape {shape}")
+    out_hw = _adaptive_size(op, output_size, shape)
     call = _pool_backward_call(op, forward, grad_output, input, shape, out_hw, dtype)
     return call, dtype, shape, out_hw
 
@@ -1617,8 +1609,11 @@ def _batch_norm_args(call, training, momentum, eps, half=False):
         if a is not None and tuple(a.shape) != (c,):
             raise ValueError(f"{op}(): {name} must have shape ({c},) to match the input's "
                              f"{c} channels, got {tuple(a.shape)}")
-    if not isinstance(eps, numbers.Real) or eps < 0:
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not eps >= 0:
         raise ValueError(f"{op}(): eps must be a non-negative number, got {eps!r}")
+    if training and eps == 0:
+        raise ValueError(f"{op}(): eps must be positive when training (batch statistics), got "
+                         f"{eps!r}: a channel whose batch values are all equal would divide by 0")
     n, s = shape[0], int(math.prod(shape[2:]))
     if training:
         if (call["running_mean"] is None) != (call["running_var"] is None):
@@ -1638,11 +1633,6 @@ def _check_momentum(op, momentum):
             "momentum=None keeps the count and passes 1 / count)")
     if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool):
         raise TypeError(f"{op}(): momentum must be a float, got {momentum!r}")
-
-
-def _bn_zeros(call, c, dtype):
-    z = np.zeros(c, dtype)
-    return z if call.device == "cpu" else _cuda.to_device(z)
 
 
 def _batch_norm_train(call, dtype, shape, n, c, s, momentum, eps):
@@ -1720,7 +1710,7 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
                                call.ready("grad_output").reshape((n, c, s)), x, mean, var,
                                weight, float(eps), training)
     elif c:  # no values per channel: zero sums, as torch
-        gw, gb = _bn_zeros(call, c, dtype), _bn_zeros(call, c, dtype)
+        gw, gb = call.zeros((c,), dtype), call.zeros((c,), dtype)
     return (call.finish(gx), None, None,
             None if call["weight"] is None else call.finish(gw),
             None if call["bias"] is None else call.finish(gb))

@@ -96,7 +96,7 @@ def test_non_array_input_raises(device, op, bad):
 
 
 def test_non_array_weight_raises(device):
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"'weight' .* a builtins\.list: pass np\.asarray\(weight"):
         F.conv2d(X4, W4.tolist())
 
 
@@ -126,11 +126,31 @@ def test_conv2d_bad_hyperparameters_raise(device, kw):
         F.conv2d(np.zeros((1, 2, 6, 6)), np.zeros((2, 2, 3, 3)), **kw)
 
 
-@pytest.mark.parametrize("kw", [dict(stride=(1, 1, 1)), dict(padding=(1,)), dict(stride=1.5),
-                                dict(dilation="2")])
+@pytest.mark.parametrize("kw", [dict(stride=(1, 1, 1)), dict(stride=()), dict(stride=1.5),
+                                dict(dilation="2"), dict(padding=((1,),))])
 def test_conv2d_malformed_tuple_raises(device, kw):
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises(TypeError, match="must be an int or a tuple of one int or of 2 ints"):
         F.conv2d(np.zeros((1, 2, 6, 6)), np.zeros((2, 2, 3, 3)), **kw)
+
+
+ONE_TUPLES = [  # (op, input shape, weight shape or None, kwargs): torch repeats a 1-tuple
+    ("conv2d", (1, 2, 9, 8), (3, 2, 3, 3), dict(stride=(2,), padding=(1,), dilation=(2,))),
+    ("conv1d", (1, 2, 9), (3, 2, 3), dict(stride=(2,), padding=(1,), dilation=(2,))),
+    ("conv_transpose2d", (1, 2, 5, 4), (2, 3, 3, 3),
+     dict(stride=(2,), padding=(1,), output_padding=(1,), dilation=(2,))),
+    ("max_pool2d", (1, 2, 9, 8), None, dict(kernel_size=(3,), stride=(2,), padding=(1,),
+                                            dilation=(2,))),
+    ("avg_pool2d", (1, 2, 9, 8), None, dict(kernel_size=[3], stride=[2], padding=[1])),
+]
+
+
+@pytest.mark.parametrize("op, xs, ws, kw", ONE_TUPLES, ids=[c[0] for c in ONE_TUPLES])
+def test_one_element_tuples_are_repeated(rng, device, dtype, op, xs, ws, kw):
+    # numbaconv raised where torch expands padding=(2,), stride=(2,), kernel_size=(3,), ...
+    args = (rand(rng, xs, dtype),) + (() if ws is None else (rand(rng, ws, dtype),))
+    family = "exact" if op == "max_pool2d" else "pool" if op == "avg_pool2d" else "conv"
+    check_op(op, args, kw, dtype, family, device,
+             ref_kwargs={k: v[0] for k, v in kw.items()})
 
 
 @pytest.mark.parametrize("padding", ["SAME", "full", "", "causal"])

@@ -100,6 +100,22 @@ def test_cross_entropy_prob_shape_mismatch_raises(device):
         F.cross_entropy(np.zeros((3, 5)), np.zeros((3, 4)))
 
 
+@pytest.mark.parametrize("op", ["cross_entropy", "cross_entropy_backward"])
+@pytest.mark.parametrize("target_dtype", [np.float64, np.float32])
+def test_cross_entropy_float_labels_say_what_the_target_must_be(device, op, target_dtype):
+    # float64 labels with float32 logits said "dtypes must match"; float32 labels then failed
+    # on the shape. Both must name both forms of target.
+    x = np.zeros((3, 5), np.float32)
+    labels = np.array([0, 4, 2], target_dtype)
+    args = (1.0, x, labels) if op.endswith("backward") else (x, labels)
+    with pytest.raises(ValueError, match=r"integer array of shape \(3,\) \(e\.g\. target\.astype"
+                                         r"\(np\.int64\)\), or class probabilities of the "
+                                         r"input's shape \(3, 5\) and dtype float32"):
+        getattr(F, op)(*args)
+    with pytest.raises(TypeError, match="class probabilities of the input's shape"):
+        getattr(F, op)(*args[:-1], np.full((3, 5), 0.2, np.float64))
+
+
 def test_cross_entropy_bool_target_raises(device):
     with pytest.raises(TypeError):
         F.cross_entropy(np.zeros((3, 2)), np.array([True, False, True]))

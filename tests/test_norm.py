@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import numbaconv as nc
-from conftest import check_op, rand
+import reference as R
+from conftest import SIM_FP_WARNINGS, assert_close, call_unchanged, check_op, host, on, rand
 
 F = nc.functional
 
@@ -35,6 +36,27 @@ def test_batch_norm_eps(rng, device, dtype, eps):
     mean, var, weight, bias = params(rng, 3, dtype)
     var[0] = 0.0  # only eps keeps this channel finite
     check_op("batch_norm", (x, mean, var, weight, bias), dict(eps=eps), dtype, "norm", device)
+
+
+@SIM_FP_WARNINGS
+def test_batch_norm_eps_zero(rng, device, dtype):
+    # torch allows eps=0 in eval mode: a zero-variance channel divides by zero (inf / NaN, not
+    # the ZeroDivisionError that numbaconv's kernel raised), the others are exact.
+    x = rand(rng, (2, 3, 4), dtype)
+    mean, var, weight, bias = params(rng, 3, dtype)
+    var[0] = 0.0
+    out = host(call_unchanged(F.batch_norm, on(device, x), on(device, mean), on(device, var),
+                              on(device, weight), on(device, bias), eps=0))
+    assert not np.isfinite(out[:, 0]).any()
+    assert_close(out[:, 1:], R.batch_norm(x, mean, var, weight, bias, eps=0)[:, 1:], dtype,
+                 "norm", what=f"batch_norm eps=0 [{device}]")
+    # Batch statistics can have zero variance: torch refuses eps=0 there, up front.
+    with pytest.raises(ValueError, match="eps must be positive when training"):
+        F.batch_norm(x, mean, var, training=True, eps=0)
+    with pytest.raises(ValueError, match="eps must be positive when training"):
+        F.batch_norm_backward(x, x, mean, var, training=True, eps=0.0)
+    with pytest.raises(ValueError, match="eps must be a non-negative number"):
+        F.batch_norm(x, mean, var, eps=-1e-5)
 
 
 def test_batch_norm_keywords(rng, device, dtype):

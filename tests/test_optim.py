@@ -297,3 +297,13 @@ def test_grad_on_other_device_raises_cuda(cuda_device):
     p.grad = np.ones(2)
     with pytest.raises(ValueError):
         optim.SGD([p], lr=0.1).step()
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered in scalar:RuntimeWarning")  # the simulator
+def test_adam_eps_zero_divides_as_ieee(device, dtype):
+    # torch accepts eps=0; a zero gradient then gives 0 / 0 = NaN, not an error.
+    p = Parameter(on(device, np.ones(3, dtype)))
+    p.grad = on(device, np.array([0.0, 1.0, -1.0], dtype))
+    optim.Adam([p], lr=0.1, eps=0).step()
+    got = host(p.data)
+    assert np.isnan(got[0]) and np.allclose(got[1:], [0.9, 1.1])

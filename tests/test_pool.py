@@ -5,7 +5,7 @@ import pytest
 
 import numbaconv as nc
 import reference as R
-from conftest import SIM, assert_close, call_unchanged, check_op, rand
+from conftest import SIM, assert_close, call_unchanged, check_op, on, rand
 
 F = nc.functional
 
@@ -176,10 +176,23 @@ def test_adaptive_nan_inf(rng, device, dtype, xs, size):
 
 
 @pytest.mark.parametrize("op", ["adaptive_avg_pool2d", "adaptive_max_pool2d"])
-@pytest.mark.parametrize("size", [0, (2, 0), (-1, 2)])
+@pytest.mark.parametrize("size", [(-1, 2), (2, -3)])
 def test_adaptive_bad_size_raises(device, op, size):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="output_size must be non-negative"):
         getattr(F, op)(np.zeros((1, 1, 4, 4)), size)
+
+
+@pytest.mark.parametrize("op", ["adaptive_avg_pool2d", "adaptive_max_pool2d"])
+@pytest.mark.parametrize("size, want", [(0, (0, 0)), ((2, 0), (2, 0)), ((None, 0), (4, 0)),
+                                        ((0, 3), (0, 3))])
+def test_adaptive_size_zero_gives_an_empty_output(device, dtype, op, size, want):
+    # As torch; numbaconv raised. The gradient of an empty output is zero.
+    x = np.ones((2, 3, 4, 5), dtype)
+    out = call_unchanged(getattr(F, op), on(device, x), size)
+    assert nc.to_numpy(out).shape == (2, 3) + want and out.dtype == dtype
+    (g,) = getattr(F, op + "_backward")(on(device, np.zeros((2, 3) + want, dtype)), on(device, x),
+                                        size)
+    assert np.array_equal(nc.to_numpy(g), np.zeros_like(x))
 
 
 @pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",

@@ -169,3 +169,11 @@ def test_big_against_torch(rng, device_available_big, dtype):
             scale=abs_scale(TF.linear, feats, fw, fb))
     compare("log_softmax", (feats,), dict(dim=1), dtype, "softmax", torch_fn=torch.log_softmax)
     compare("cross_entropy", (feats, rng.integers(0, 257, 33)), {}, dtype, "loss")
+
+
+def test_a_cpu_tensor_is_refused_with_what_to_pass():
+    # The message said "... not Tensor" and nothing about what to do.
+    with pytest.raises(TypeError, match=r"'input' .* CPU torch\.Tensor: pass input\.numpy\(\)"):
+        F.relu(torch.ones(1, 2, 4, 4))
+    with pytest.raises(TypeError, match=r"'weight' .* pass weight\.numpy\(\) \(weight\.detach"):
+        F.conv2d(np.ones((1, 2, 4, 4), np.float32), torch.ones(3, 2, 3, 3, requires_grad=True))

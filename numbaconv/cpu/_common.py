@@ -24,9 +24,10 @@ def kernel(func):
     """Compile a CPU kernel: parallel, cached on disk, with the shared fastmath flags.
 
     A float division by zero gives inf or NaN, as in IEEE arithmetic and PyTorch, instead of
-    numba's default ZeroDivisionError out of the kernel (``error_model="numpy"``): a zero
-    variance with ``eps=0`` in batch_norm's eval mode, or Adam with ``eps=0``. Integer divisors
-    are shapes and strides, checked positive before any kernel runs.
+    numba's default ZeroDivisionError (``error_model="numpy"``, which numba already applies to
+    the bodies of ``prange`` loops): a zero variance with ``eps=0`` in batch_norm's eval mode,
+    whose per-channel scale is computed before the parallel loop. Integer divisors are shapes
+    and strides, checked positive before any kernel runs.
     """
     return numba.njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")(func)
 
