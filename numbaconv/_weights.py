@@ -12,14 +12,29 @@ import itertools
 import threading
 import weakref
 
-_LOCK = threading.Lock()
+# Re-entrant: a tracked array can die (a weakref callback) inside a locked section, when the
+# garbage collector runs there.
+_LOCK = threading.RLock()
 _TRACKED = {}  # id(array) -> [weakref to the array, serial, version]
 _SERIALS = itertools.count()  # never reused, unlike ids and data pointers of freed arrays
+_GONE = []  # callables taking the serial of a tracked array that died
 
 
-def _forget(key):
+def when_gone(hook):
+    """Call ``hook(serial)`` when a tracked array dies (its serial as :func:`version` gave it),
+    from the weakref callback: ``hook`` must not block, and may run inside any code, its own
+    locked sections included (the garbage collector)."""
+    _GONE.append(hook)
+
+
+def _forget(key, ref):
     with _LOCK:
-        _TRACKED.pop(key, None)
+        entry = _TRACKED.get(key)
+        if entry is None or entry[0] is not ref:
+            return
+        del _TRACKED[key]
+    for hook in _GONE:
+        hook(entry[1])
 
 
 def track(array):
@@ -29,7 +44,7 @@ def track(array):
     with _LOCK:
         entry = _TRACKED.get(key)
         if entry is None or entry[0]() is not array:
-            _TRACKED[key] = [weakref.ref(array, lambda _ref, key=key: _forget(key)),
+            _TRACKED[key] = [weakref.ref(array, lambda ref, key=key: _forget(key, ref)),
                              next(_SERIALS), 0]
     return array
 

@@ -160,6 +160,27 @@ def test_no_public_path_writes_a_weight_behind_the_cache(rng, get):
                  scale=R.conv2d(np.abs(x), np.abs(w), np.abs(b), 1, 1, 1, 1))
 
 
+def test_the_weight_cache_drops_the_transforms_of_arrays_that_died(rng):
+    # They stayed (replaced parameters, deleted layers) until the byte cap evicted them.
+    import gc
+
+    from numbaconv.cpu.workspace import WEIGHTS
+
+    WEIGHTS.clear()
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    x = rand(rng, (1, 16, 12, 12), np.float32)
+    conv(x)
+    held = WEIGHTS.stats()
+    assert held["entries"] >= 1 and held["bytes"] > 0
+    conv.weight.data = rand(rng, conv.weight.shape, np.float32)  # the old array dies
+    assert WEIGHTS.stats()["entries"] == 0 and WEIGHTS.stats()["bytes"] == 0
+    conv(x)
+    assert WEIGHTS.stats() | {"hits": 0, "misses": 0} == held | {"hits": 0, "misses": 0}
+    del conv
+    gc.collect()
+    assert WEIGHTS.stats()["entries"] == 0 and WEIGHTS.stats()["bytes"] == 0
+
+
 def test_weight_update_is_seen_by_the_conv_cache(rng):
     # Kernels cache transformed weights per version: loading new weights must not hit stale ones.
     from numbaconv.cpu.workspace import WEIGHTS

@@ -69,15 +69,35 @@ class _Pool:
 
 class _WeightCache:
     """LRU (by bytes) cache of transformed weights, keyed on the array, its version and the kind
-    of transform. Only arrays tracked in :mod:`numbaconv._weights` are cached."""
+    of transform. Only arrays tracked in :mod:`numbaconv._weights` are cached, and their
+    transforms are dropped when they die (a replaced parameter, a deleted layer)."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._entries = collections.OrderedDict()
+        self._dead = collections.deque()  # serials of tracked arrays that died, to drop
         self.bytes = 0
         self.hits = 0
         self.misses = 0
         self.limit = _cache_limit()
+        _weights.when_gone(self._gone)
+
+    def _gone(self, serial):
+        # A weakref callback, possibly from the garbage collector inside this cache's own locked
+        # section: never wait for the lock; whoever holds it drops the entries before release.
+        self._dead.append(serial)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drop_dead()
+            finally:
+                self._lock.release()
+
+    def _drop_dead(self):
+        """Drop the entries of arrays that died (the lock held)."""
+        while self._dead:
+            serial = self._dead.popleft()
+            for k in [k for k in self._entries if k[0] == serial]:
+                self.bytes -= self._entries.pop(k).nbytes
 
     def transformed(self, array, kind, size, dtype, fill):
         """A flat buffer of ``size`` elements of ``dtype`` holding ``fill(buffer)``'s transform
@@ -99,6 +119,7 @@ class _WeightCache:
                 self.hits += 1
             else:
                 self.misses += 1
+            self._drop_dead()
         if value is None:
             value = np.empty(size, dtype)
             fill(value)
@@ -116,6 +137,7 @@ class _WeightCache:
             while self.bytes > self.limit:
                 _, old = self._entries.popitem(last=False)
                 self.bytes -= old.nbytes
+            self._drop_dead()
 
     def clear(self):
         with self._lock:
@@ -123,6 +145,8 @@ class _WeightCache:
             self.bytes = 0
 
     def stats(self):
+        with self._lock:
+            self._drop_dead()
         return {"hits": self.hits, "misses": self.misses, "entries": len(self._entries),
                 "bytes": self.bytes, "limit_bytes": self.limit}
 
