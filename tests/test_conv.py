@@ -392,3 +392,46 @@ def test_conv2d_repeat_calls_recheck_argument_types(rng):
     # Unbatched and conv1d reshapes through the same path.
     np.testing.assert_array_equal(F.conv2d(x[0], w, stride=1, padding=1), first[0])
     np.testing.assert_array_equal(F.conv2d(x[0], w, stride=1, padding=1), first[0])
+
+
+# (id, input shape, weight shape, kwargs): strides above 2 and longer than the kernel's extent,
+# whose skipped rows and columns the CPU drops before the conv runs.
+LONG_STRIDES = [
+    ("dw_1x1_s5", (2, 3, 11, 13), (3, 1, 1, 1), dict(stride=5, groups=3)),
+    ("dw_1x1_s3_pad", (1, 4, 7, 8), (8, 1, 1, 1), dict(stride=3, padding=1, groups=4)),
+    ("dw_2x2_s4_dil", (1, 2, 12, 10), (2, 1, 2, 3), dict(stride=(4, 7), padding=(1, 2),
+                                                          dilation=(2, 1), groups=2)),
+    ("dense_1x1_s3", (2, 3, 10, 9), (5, 3, 1, 1), dict(stride=3)),
+    ("dense_3x3_rows_only", (1, 4, 13, 9), (6, 4, 3, 3), dict(stride=(4, 1), padding=1)),
+    ("grouped_2x2_s5", (1, 4, 11, 11), (6, 2, 2, 2), dict(stride=5, padding=1, groups=2)),
+]
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("xs, ws, kw", [c[1:] for c in LONG_STRIDES],
+                         ids=[c[0] for c in LONG_STRIDES])
+def test_conv2d_long_strides(rng, device, dtype, xs, ws, kw, activation):
+    x, w, b = rand(rng, xs, dtype), rand(rng, ws, dtype), rand(rng, (ws[0],), dtype)
+    out_shape = R.conv2d(x, w, b, **kw).shape
+    kw = dict(kw, residual=rand(rng, out_shape, dtype), activation=activation)
+    check_op("conv2d", (x, w, b), kw, dtype, "conv", device, scale=conv_scale(x, w, b, kw))
+
+
+@pytest.mark.parametrize("c, groups", [(1, 1), (4, 4), (2, 1)], ids=["depthwise", "depthwise4",
+                                                                     "dense"])
+def test_conv2d_long_stride_scratch_is_bounded(c, groups):
+    # A 1x1 depthwise conv of a 4000x4000 image at stride 3999 peaked at 7 GB of scratch:
+    # scratch must stay within the input's and the output's size (here at 1000x1000).
+    import tracemalloc
+
+    x = np.ones((1, c, 1000, 1000), np.float32)
+    w = np.ones((c, c // groups, 1, 1), np.float32)
+    F.conv2d(x[:, :, :40, :40], w, stride=39, groups=groups)  # compiled outside the count
+    tracemalloc.start()
+    try:
+        out = F.conv2d(x, w, stride=999, groups=groups)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(out, np.full((1, c, 2, 2), c // groups, np.float32))
+    assert peak <= x.nbytes // 4, f"{peak} bytes of scratch for a {x.nbytes}-byte input"

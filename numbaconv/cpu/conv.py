@@ -631,6 +631,41 @@ def _split_tiles(units, nbg, tcost, per, nwk):
     return rows, offs
 
 
+def _drop_unread(x, kshape, oshape, stride, padding, dilation):
+    """``(x, stride, padding)`` of the same convolution over only the input rows and columns
+    its windows read, where a stride above 2 and longer than the kernel's extent skips some:
+    each window's rows (columns) in a row of their own, zeros for padding, and the stride the
+    extent. The copy is at most a third of the input (plus padding).
+
+    Scratch then stays within the input's size whatever the stride: the depthwise rows path's
+    held every input row between a task's first and last window and a column phase per unit
+    of stride (a 1x1 kernel at stride 3999 on a 4000x4000 image asked for 7 GB), the dense
+    rows path's a copy of the whole input. Stride 2 (ResNet's 1x1 downsampling) keeps its
+    tuned paths, which need no copy.
+    """
+    exts = [(k - 1) * d + 1 for k, d in zip(kshape, dilation)]
+    if all(s <= max(e, 2) for s, e in zip(stride, exts)):
+        return x, stride, padding
+    rows, cols = np.arange(x.shape[2]), np.arange(x.shape[3])
+    stride, padding = list(stride), list(padding)
+    for axis, ext in enumerate(exts):
+        if stride[axis] <= max(ext, 2):
+            continue
+        idx = (np.arange(oshape[axis])[:, None] * stride[axis] - padding[axis]
+               + np.arange(ext)[None, :]).ravel()
+        if axis == 0:
+            rows = idx
+        else:
+            cols = idx
+        stride[axis], padding[axis] = ext, 0
+    keep_r = (rows >= 0) & (rows < x.shape[2])
+    keep_c = (cols >= 0) & (cols < x.shape[3])
+    compact = np.zeros(x.shape[:2] + (rows.shape[0], cols.shape[0]), x.dtype)
+    compact[:, :, np.flatnonzero(keep_r)[:, None], np.flatnonzero(keep_c)[None, :]] = \
+        x[:, :, rows[keep_r][:, None], cols[keep_c][None, :]]
+    return compact, tuple(stride), tuple(padding)
+
+
 def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha):
     """2-D cross-correlation with bias, residual and a fused activation, as torch's conv2d.
 
@@ -650,6 +685,7 @@ def conv2d(out, x, w, b, residual, stride, padding, dilation, groups, act, alpha
     groups : int.
     act : numbaconv._ops.ACT_* code applied last; alpha its parameter.
     """
+    x, stride, padding = _drop_unread(x, w.shape[2:], out.shape[2:], stride, padding, dilation)
     depthwise = groups == x.shape[1] and w.shape[1] == 1
     # float64 takes neither Winograd nor the row path: it is the precision mode (Winograd's
     # transforms add rounding), and with one algorithm its results do not depend on the input's
