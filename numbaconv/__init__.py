@@ -2,12 +2,12 @@
 
 __version__ = "0.1.0"
 
-from numbaconv import functional, models, nn, optim
+from numbaconv import datasets, functional, models, nn, optim
 from numbaconv.device import (cuda_available, get_device, info, set_device, to_device, to_numpy,
                               use_device)
 
-__all__ = ["__version__", "cuda_available", "functional", "get_device", "info", "models", "nn",
-           "optim", "set_device", "to_device", "to_numpy", "use_device"]
+__all__ = ["__version__", "cuda_available", "datasets", "functional", "get_device", "info",
+           "models", "nn", "optim", "set_device", "to_device", "to_numpy", "use_device"]
 
 
 def __getattr__(name):

@@ -35,6 +35,15 @@ def test_info_in_a_fresh_process():
         assert word in out, out
 
 
+def test_every_public_module_after_a_plain_import():
+    # nc.datasets was an AttributeError until something else had imported it.
+    code = ("import numbaconv as nc; x, y = nc.datasets.load_digits('test'); "
+            "print(x.shape[0] == len(y) > 0, sorted(set(nc.__all__) - set(dir(nc))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["True", "[]"], out
+
+
 def test_digits_upscaled_for_the_zoo():
     x, y = demo.digits_as(3, 64)
     assert x.shape == (len(y), 3, 64, 64) and x.dtype == np.float32
