@@ -125,11 +125,14 @@ def _choose(package_dir, name):
                                    name))
     if config.CACHE_DIR:
         places.insert(0, os.path.join(config.CACHE_DIR, sub, name))
-    temp = _private_temp()
-    if temp is not None:
-        places.append(os.path.join(temp, sub, name))
-    path, tried = None, []
-    for place in places:
+    path, tried, temp = None, [], None
+    for place in places + [None]:
+        if place is None:  # the last resort, made only when needed
+            temp = _private_temp()
+            if temp is None:
+                tried.append(f"{tempfile.gettempdir()} (no folder there private to this user)")
+                break
+            place = os.path.join(temp, sub, name)
         why = _unusable(place)
         if why is None:
             path = place
@@ -142,7 +145,7 @@ def _choose(package_dir, name):
     elif config.CACHE_DIR and path != places[0]:
         _tell("NUMBA_CACHE_DIR", f"numbaconv: NUMBA_CACHE_DIR={config.CACHE_DIR!r} cannot hold "
               f"the kernel cache: {tried[0]}; kernels are cached in {path} instead")
-    if path is not None and temp is not None and path == places[-1]:
+    if path is not None and temp is not None:
         _tell("temp", f"numbaconv: kernels are cached in the temporary folder {path}, which may "
               "not outlive a reboot: the package folder and the user cache are not writable. Set "
               "NUMBA_CACHE_DIR to a lasting writable folder.")
