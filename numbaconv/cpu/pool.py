@@ -398,10 +398,10 @@ def max_pool2d(out, x, kernel, stride, padding, dilation):
     sh, sw = stride
     ph, pw = padding
     dh, dw = dilation
-    # Output row oh reduces the nr[oh] input rows r0[oh] + i * dh. With dilation and padding, or
-    # ceil_mode, a window's taps can all miss the input (nr[oh] = 0, or no column in range):
-    # such outputs are -inf, as PyTorch's. Columns are covered by the scratch row's -inf
-    # margins; rows are tested here.
+    # Output row oh reduces the nr[oh] input rows r0[oh] + i * dh. With dilation, a window's taps
+    # can all miss the input (the first in the padding, the next past the input's end): nr[oh]
+    # = 0, or no column in range. Such outputs are -inf, as PyTorch's. Columns are covered by
+    # the scratch row's -inf margins; rows are tested here.
     r0 = np.empty(oh_, np.intp)
     nr = np.empty(oh_, np.intp)
     for oh in range(oh_):
@@ -640,8 +640,8 @@ def _argmax_add(gf, xf, base, r0, nr, rstep, c0, nc, dw, g):
     over the ``nr`` rows ``r0, r0 + rstep, ...`` (flat offsets) and the ``nc`` columns ``c0,
     c0 + dw, ...``, in scan order, or of the last NaN, as PyTorch's max pooling picks its index:
     a tap wins when it is greater than the best so far or NaN, and the first tap holds when
-    every value is -inf. A window without taps (``nr`` or ``nc`` 0: dilation with padding, or
-    ceil_mode) adds nothing: its output is -inf, not an element of the input."""
+    every value is -inf. A window without taps inside the input (``nr`` or ``nc`` 0, which
+    dilation allows) adds nothing: its output is -inf, not an element of the input."""
     if nr == 0 or nc == 0:
         return
     best = r0 + c0

@@ -84,7 +84,8 @@ class _WeightCache:
 
     def _gone(self, serial):
         # A weakref callback, possibly from the garbage collector inside this cache's own locked
-        # section: never wait for the lock; whoever holds it drops the entries before release.
+        # section: never wait for the lock. When it is held, the entries go at the end of that
+        # section or at the cache's next use.
         self._dead.append(serial)
         if self._lock.acquire(blocking=False):
             try:
