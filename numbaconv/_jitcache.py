@@ -167,17 +167,16 @@ def _install(impl, package_dir):
 
         _numbaconv = True
 
-        def __init__(self, py_func, py_file, path, usable):
+        def __init__(self, py_func, py_file, path):
             self._py_file = py_file
             self._lineno = py_func.__code__.co_firstlineno
             self._cache_path = path
-            self._usable = usable
 
         def get_cache_path(self):
             return self._cache_path
 
         def ensure_cache_path(self):
-            if self._usable:
+            if os.path.basename(self._cache_path) != _UNCACHED:
                 super().ensure_cache_path()
 
         @classmethod
@@ -187,9 +186,8 @@ def _install(impl, package_dir):
             if here not in _FOLDERS and not py_file.startswith(_ROOT + os.sep):
                 return None  # not numbaconv's: numba's own locators
             path = _FOLDERS.get(here, _FOLDERS[package_dir])
-            if path is None:
-                return cls(py_func, py_file, os.path.join(here, "__pycache__", _UNCACHED), False)
-            return cls(py_func, py_file, path, True)
+            return cls(py_func, py_file,
+                       path or os.path.join(here, "__pycache__", _UNCACHED))
 
     impl._locator_classes.insert(0, Locator)
     _guard(caching.IndexDataCacheFile)
